@@ -1,0 +1,69 @@
+"""The `audit` command: parse, dispatch to a subcommand module, turn errors into exit codes.
+
+Exit codes: 0 success, 1 a check failed or the gate found a regression, 2 usage or input error.
+Each subcommand lives in `audit/commands/<name>.py` with `add_parser(subparsers)` and
+`run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+
+from audit.errors import UsageError
+
+__all__ = ["main", "COMMANDS"]
+
+COMMANDS = ("synth", "train", "run", "predict", "report", "demo", "gate", "baseline")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too, but with a usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="audit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"audit.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"audit.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"cellaudit {version('cellaudit')}"
+    except PackageNotFoundError:
+        return "cellaudit (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ chatter out
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.handler(args) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

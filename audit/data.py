@@ -1,0 +1,347 @@
+"""Datasets: find images and labels on disk, check every file, stream them in batches.
+
+A `Dataset` holds paths and labels, never pixels: images are decoded batch by batch by
+`iter_batches`, so a set of any size is streamed. `load_image` is the one resizing function
+used by training, audit and explanations alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from audit.errors import InputError
+from audit.labels import LabelMap
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Dataset",
+    "SkippedFile",
+    "load_dataset",
+    "load_image",
+    "iter_batches",
+    "read_images",
+    "fingerprint",
+    "default_data_root",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# Files that are never images and never worth a warning.
+_IGNORED_NAMES = {"manifest.csv", "site.json", "labels.csv", "readme.md", ".ds_store", "thumbs.db"}
+# Images larger than this are surely not cell crops; Pillow's bomb check would say the same.
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images of one set: absolute paths, integer labels into `class_names`, optional groups."""
+
+    name: str
+    root: str
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    groups: tuple[str, ...] | None = None
+    skipped: tuple[SkippedFile, ...] = ()
+    fingerprint: str = field(default="")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def relative_paths(self) -> list[str]:
+        return [os.path.relpath(p, self.root) for p in self.paths]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
+
+    def subset(self, indices: Sequence[int], *, name: str | None = None) -> Dataset:
+        idx = np.asarray(indices, dtype=int)
+        paths = tuple(self.paths[i] for i in idx)
+        groups = tuple(self.groups[i] for i in idx) if self.groups is not None else None
+        labels = self.labels[idx]
+        return Dataset(
+            name=name or self.name,
+            root=self.root,
+            paths=paths,
+            labels=labels,
+            class_names=self.class_names,
+            groups=groups,
+            skipped=self.skipped,
+            fingerprint=fingerprint(self.root, paths, labels, self.class_names),
+        )
+
+    def describe(self) -> dict:
+        """JSON-able summary recorded wherever the dataset is used."""
+        return {
+            "name": self.name,
+            "root": self.root,
+            "n_images": len(self),
+            "class_counts": self.class_counts(),
+            "has_groups": self.groups is not None,
+            "n_groups": len(set(self.groups)) if self.groups is not None else None,
+            "fingerprint": self.fingerprint,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def default_data_root() -> Path:
+    """Where the shared real-image data lives: $CELLAUDIT_DATA, else ../shared/data."""
+    return Path(os.environ.get("CELLAUDIT_DATA", "../shared/data")).resolve()
+
+
+def fingerprint(root: str, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str]) -> str:
+    """SHA-256 over relative path, file size and label name of every image, in order."""
+    digest = hashlib.sha256()
+    for path, label in zip(paths, labels, strict=True):
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        size = os.path.getsize(path)
+        digest.update(f"{rel}\t{size}\t{class_names[int(label)]}\n".encode())
+    return digest.hexdigest()
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode one image to a (size, size, 3) uint8 RGB array.
+
+    The one preprocessing step shared by training, audit and explanations: convert to RGB
+    (grayscale is replicated; transparency is composited onto white, the colour of an empty
+    slide), centre-crop to a square (cell crops are centred, so cropping keeps the cell's
+    shape instead of squashing it), then resize with Pillow's antialiased bilinear filter.
+    Raises `InputError` naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+            image = _to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot read image '{path}': {_reason(path, exc)}") from exc
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    im.load()
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale TIFF/PNG: scale, don't clip
+        arr = np.asarray(im, dtype=np.float64)
+        arr = 255.0 * arr / max(float(arr.max()), 1.0)
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def _reason(path: str | os.PathLike, exc: BaseException) -> str:
+    try:
+        n_bytes = os.path.getsize(path)
+    except OSError:
+        return f"cannot open ({exc.__class__.__name__}: {exc})"
+    if n_bytes == 0:
+        return "empty file (received 0 bytes)"
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not a JPEG/PNG/BMP/TIFF image ({n_bytes} bytes)"
+    message = str(exc) or exc.__class__.__name__
+    if "truncated" in message.lower():
+        return f"truncated image ({n_bytes} bytes)"
+    return f"{message} ({n_bytes} bytes)"
+
+
+def _check_file(path: str) -> str | None:
+    """Fully decode a file to find corrupt or truncated images; returns a reason or None."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (64, 64))  # full entropy decode, reduced output: catches truncation
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
+        return _reason(path, exc)
+    return None
+
+
+def _scan(paths: Sequence[str], *, max_workers: int = 4) -> list[str | None]:
+    # Pillow releases the GIL while decoding, so threads give real parallelism here.
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        return list(pool.map(_check_file, paths, chunksize=16))
+
+
+def _folder_entries(root: Path) -> tuple[list[tuple[str, str, str | None]], list[SkippedFile]]:
+    """(path, source label, group) for every file under class folders of `root`."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise InputError(
+            f"dataset folder '{root}' has no class sub-folders; expected one folder per class "
+            "(e.g. '{root}/neutrophil/*.jpg') or a CSV manifest with columns path,label[,group]"
+        )
+    entries, skipped = [], []
+    for class_dir in class_dirs:
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if name.startswith(".") or name.lower() in _IGNORED_NAMES:
+                    continue
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append(SkippedFile(path, "not an image file (extension not in "
+                                                     f"{', '.join(IMAGE_EXTENSIONS)})"))
+                    continue
+                entries.append((path, class_dir.name, None))
+    return entries, skipped
+
+
+def _manifest_entries(manifest: Path) -> list[tuple[str, str, str | None]]:
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            if "path" not in columns or "label" not in columns:
+                raise InputError(
+                    f"manifest '{manifest}' must have a header with columns path,label[,group]; "
+                    f"received {reader.fieldnames}"
+                )
+            reader.fieldnames = columns
+            entries = []
+            for line_no, row in enumerate(reader, start=2):
+                path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                if not path or not label:
+                    raise InputError(f"manifest '{manifest}' line {line_no}: empty path or label")
+                if not os.path.isabs(path):
+                    path = str(manifest.parent / path)
+                group = (row.get("group") or "").strip() or None
+                entries.append((path, label, group))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"manifest '{manifest}' is not UTF-8 text: {exc.reason}") from exc
+    return entries
+
+
+def load_dataset(
+    source: str | os.PathLike,
+    *,
+    name: str | None = None,
+    label_map: LabelMap | None = None,
+    class_names: Sequence[str] | None = None,
+    strict: bool = False,
+    check_files: bool = True,
+) -> Dataset:
+    """Load a class-per-folder directory or a CSV manifest (path,label[,group]).
+
+    Source labels pass through `label_map` (rename or drop). With `class_names` (e.g. the
+    model's classes) every remaining label must be one of them, else `InputError` lists the
+    unknown ones; without, the sorted set of labels found becomes the class list.
+    Unreadable files are skipped with a warning and listed in `Dataset.skipped`, or with
+    `strict=True` raise `InputError`.
+    """
+    source_path = Path(source).expanduser()
+    if not source_path.exists():
+        raise InputError(f"dataset '{source}' does not exist; expected a folder or a CSV manifest")
+    label_map = label_map or LabelMap()
+    if source_path.is_dir():
+        root = source_path.resolve()
+        entries, skipped = _folder_entries(root)
+        if (root / "manifest.csv").is_file() and not entries:
+            entries = _manifest_entries(root / "manifest.csv")
+    elif source_path.suffix.lower() == ".csv":
+        root = source_path.resolve().parent
+        entries, skipped = _manifest_entries(source_path.resolve()), []
+        missing = [p for p, _, _ in entries if not os.path.isfile(p)]
+        skipped += [SkippedFile(p, "listed in the manifest but missing") for p in missing]
+        entries = [e for e in entries if os.path.isfile(e[0])]
+    else:
+        raise InputError(f"dataset '{source}' is neither a folder nor a .csv manifest")
+
+    mapped = []
+    for path, label, group in entries:
+        canonical = label_map.apply(label)
+        if canonical is not None:
+            mapped.append((path, canonical, group))
+    if class_names is None:
+        class_names = sorted({label for _, label, _ in mapped})
+    unknown = sorted({label for _, label, _ in mapped} - set(class_names))
+    if unknown:
+        raise InputError(
+            f"dataset '{source}' has classes the model does not know: {', '.join(unknown)}; "
+            f"known: {', '.join(class_names)}. Map them with a label map, or drop them "
+            "(label map key 'drop')"
+        )
+
+    if check_files and mapped:
+        reasons = _scan([p for p, _, _ in mapped])
+        bad = [SkippedFile(p, r) for (p, _, _), r in zip(mapped, reasons, strict=True) if r]
+        mapped = [e for e, r in zip(mapped, reasons, strict=True) if r is None]
+        skipped = list(skipped) + bad
+    if skipped:
+        listing = "; ".join(f"'{s.path}': {s.reason}" for s in skipped[:5])
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        if strict:
+            raise InputError(f"dataset '{source}': {len(skipped)} unusable file(s): {listing}{more}")
+        warnings.warn(f"dataset '{source}': skipped {len(skipped)} unusable file(s): {listing}{more}",
+                      stacklevel=2)
+    if not mapped:
+        raise InputError(f"dataset '{source}' has no usable images")
+
+    index = {c: i for i, c in enumerate(class_names)}
+    paths = tuple(p for p, _, _ in mapped)
+    labels = np.array([index[label] for _, label, _ in mapped], dtype=np.int64)
+    groups = [g for _, _, g in mapped]
+    has_groups = any(g is not None for g in groups)
+    return Dataset(
+        name=name or source_path.name,
+        root=str(root),
+        paths=paths,
+        labels=labels,
+        class_names=tuple(class_names),
+        groups=tuple(g if g is not None else p for g, p in zip(groups, paths, strict=True))
+        if has_groups else None,
+        skipped=tuple(skipped),
+        fingerprint=fingerprint(str(root), paths, labels, tuple(class_names)),
+    )
+
+
+def read_images(paths: Sequence[str], size: int, *, max_workers: int = 4) -> np.ndarray:
+    """Decode `paths` into one (N, size, size, 3) uint8 batch, in parallel threads."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    if not paths:
+        return out
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        for i, image in enumerate(pool.map(lambda p: load_image(p, size), paths)):
+            out[i] = image
+    return out
+
+
+def iter_batches(dataset: Dataset, *, image_size: int, batch_size: int = 64
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (images uint8 (B, S, S, 3), indices) in dataset order; only one batch in memory."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, received {batch_size}")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pending = None
+        for start in range(0, len(dataset), batch_size):
+            indices = np.arange(start, min(start + batch_size, len(dataset)))
+            # Decode the next batch while the caller works on this one.
+            future = pool.submit(read_images, [dataset.paths[i] for i in indices], image_size,
+                                 max_workers=2)
+            if pending is not None:
+                yield pending[0].result(), pending[1]
+            pending = (future, indices)
+        if pending is not None:
+            yield pending[0].result(), pending[1]

@@ -1,0 +1,28 @@
+"""Progress display: a bar on a terminal, silent otherwise (CI logs, pipes)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+__all__ = ["progress", "status"]
+
+T = TypeVar("T")
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def progress(items: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """Wrap an iterable in a progress bar when stderr is a terminal."""
+    return iter(tqdm(items, desc=desc, total=total, unit=unit, disable=not _interactive(),
+                     leave=False, dynamic_ncols=True))
+
+
+def status(message: str) -> None:
+    """One line of what is happening, on stderr (kept even when not a TTY, it is cheap)."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,56 @@
+"""Stratified (and optionally group-aware) train/validation split of a Dataset."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+
+from audit.atomic import atomic_path
+from audit.data import Dataset
+from audit.errors import UsageError
+
+__all__ = ["split_dataset", "write_split_manifest"]
+
+
+def split_dataset(
+    dataset: Dataset, *, val_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation), stratified by class.
+
+    With `groups` (patient, slide, source image or near-duplicate cluster ids), no group is
+    on both sides: copies of one cell cannot leak from training into validation.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"--val-split must be between 0 and 1, received {val_fraction}")
+    labels = dataset.labels
+    if groups is None:
+        counts = np.bincount(labels)
+        if counts[counts > 0].min() < 2:
+            raise UsageError(f"dataset '{dataset.name}': every class needs >= 2 images to split")
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+        train, val = next(splitter.split(np.zeros(len(labels)), labels))
+    else:
+        n_groups = len(np.unique(groups))
+        n_splits = max(2, round(1.0 / val_fraction))
+        if n_groups < n_splits:
+            raise UsageError(f"dataset '{dataset.name}' has {n_groups} groups; a group-aware "
+                             f"split at {val_fraction} needs at least {n_splits}")
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train, val = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(train), np.sort(val)
+
+
+def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.ndarray,
+                         val: np.ndarray) -> None:
+    """CSV path,label,group,split (paths relative to the dataset root)."""
+    rel = dataset.relative_paths
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "group", "split"])
+        for split, indices in (("train", train), ("validation", val)):
+            for i in indices:
+                group = dataset.groups[i] if dataset.groups is not None else ""
+                writer.writerow([rel[i], dataset.class_names[dataset.labels[i]], group, split])

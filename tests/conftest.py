@@ -1,0 +1,75 @@
+"""Tiny seeded fixtures shared by the tests.
+
+`make_view`/`make_context` build an AuditContext from arrays, with no model and no images, so
+each check can be tested on cases with hand-computed answers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from audit.checks.base import AuditContext, DatasetView  # noqa: E402
+from audit.data import Dataset  # noqa: E402
+from audit.predict import DatasetOutputs, softmax  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """The shared real-image data: $CELLAUDIT_DATA, else ../shared/data beside the repo."""
+    return Path(os.environ.get("CELLAUDIT_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    assert root.is_dir(), f"real data not found at {root}; set CELLAUDIT_DATA"
+    return root
+
+
+def make_view(name: str, role: str, labels, logits, *, class_names=("a", "b"), embeddings=None,
+              properties=None, phash=None, groups=None, paths=None) -> DatasetView:
+    labels = np.asarray(labels, dtype=np.int64)
+    logits = np.asarray(logits, dtype=np.float64)
+    n = len(labels)
+    dataset = Dataset(
+        name=name, root="/nonexistent",
+        paths=tuple(paths) if paths is not None else tuple(f"/nonexistent/{name}/{i}.png"
+                                                           for i in range(n)),
+        labels=labels, class_names=tuple(class_names),
+        groups=tuple(str(g) for g in groups) if groups is not None else None,
+        fingerprint=f"test-{name}-{n}",
+    )
+    outputs = DatasetOutputs(
+        logits=logits, probs=softmax(logits),
+        embeddings=np.zeros((n, 4), np.float32) if embeddings is None else np.asarray(embeddings),
+        properties=properties or {}, phash=np.zeros(n, np.uint64) if phash is None else phash,
+    )
+    return DatasetView(name=name, role=role, dataset=dataset, outputs=outputs)
+
+
+def make_context(views, *, tmp_path: Path, seed: int = 0, overrides=(), predictor=None,
+                 image_size: int = 32) -> AuditContext:
+    from audit.config import load_config
+
+    views = list(views)
+    config = load_config(None, list(overrides))
+    return AuditContext(views={v.name: v for v in views}, class_names=views[0].dataset.class_names,
+                        config=config, seed=seed, artifacts_dir=tmp_path / "artifacts",
+                        image_size=image_size, predictor=predictor)
+
+
+def logits_for(labels, predictions, n_classes, *, confidence=3.0, rng=None):
+    """Logits whose argmax is `predictions` (margin `confidence`), for hand-made cases."""
+    predictions = np.asarray(predictions)
+    logits = np.zeros((len(predictions), n_classes))
+    logits[np.arange(len(predictions)), predictions] = confidence
+    if rng is not None:
+        logits += rng.normal(0, 0.1, logits.shape)
+    return logits
