@@ -1,0 +1,151 @@
+"""The check registry and the context every check reads from.
+
+A check is a class with a `name`, a `DEFAULTS` dict (its config keys: thresholds and
+budgets, overridable from `[checks.<name>]` in the TOML config) and `run(ctx) -> CheckResult`.
+Checks compute numbers only: no drawing, no printing. The runner turns an exception into an
+ERROR result, so one broken check never stops the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from audit.data import Dataset
+from audit.predict import DatasetOutputs
+from audit.results import CheckResult
+
+__all__ = ["Check", "DatasetView", "AuditContext", "REGISTRY", "register", "ROLES"]
+
+ROLES = ("train", "heldout", "shifted")
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """One dataset in an audit: its files, labels, role and the model's outputs on it."""
+
+    name: str
+    role: str
+    dataset: Dataset
+    outputs: DatasetOutputs
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.outputs.probs
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.outputs.logits
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.outputs.predictions
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predictions == self.labels
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        return None if self.dataset.groups is None else np.asarray(self.dataset.groups)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+@dataclass
+class AuditContext:
+    """What checks may use. `predictor` and `image_size` serve checks that need new forward
+    passes (robustness, attribution); everything else comes from `views`."""
+
+    views: dict[str, DatasetView]
+    class_names: tuple[str, ...]
+    config: dict
+    seed: int
+    artifacts_dir: Path
+    image_size: int = 224
+    predictor: object | None = None
+    results: dict[str, CheckResult] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> DatasetView:
+        return next(v for v in self.views.values() if v.role == "heldout")
+
+    @property
+    def train(self) -> DatasetView | None:
+        return next((v for v in self.views.values() if v.role == "train"), None)
+
+    @property
+    def shifted(self) -> list[DatasetView]:
+        return [v for v in self.views.values() if v.role == "shifted"]
+
+    @property
+    def evaluated(self) -> list[DatasetView]:
+        """Sets the model is judged on: the reference first, then every shifted set."""
+        return [self.reference, *self.shifted]
+
+    def check_config(self, name: str) -> dict:
+        return self.config["checks"][name]
+
+    def rng(self, *keys: object) -> np.random.Generator:
+        """A generator seeded from the audit seed and `keys`: stable across check order."""
+        digest = hashlib.sha256("|".join(map(str, keys)).encode()).digest()
+        return np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+
+    def save_artifact(self, name: str, **arrays: np.ndarray) -> str:
+        """Write a compressed npz under artifacts/ and return its path relative to the output."""
+        from audit.atomic import atomic_path
+
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        target = self.artifacts_dir / f"{name}.npz"
+        with atomic_path(target, suffix=".npz") as tmp:
+            np.savez_compressed(tmp, **arrays)
+        return os.path.join(self.artifacts_dir.name, target.name)
+
+
+class Check:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    DEFAULTS: ClassVar[dict] = {}
+    needs_model: ClassVar[bool] = False
+
+    def run(self, ctx: AuditContext) -> CheckResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Check]] = {}
+
+
+def register(cls: type[Check]) -> type[Check]:
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"check name {cls.name!r} is empty or already registered")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def load_builtin_checks() -> dict[str, type[Check]]:
+    """Import the check modules (they register themselves) in the order they run."""
+    import importlib
+
+    for module in CHECK_MODULES:
+        try:
+            importlib.import_module(f"audit.checks.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"audit.checks.{module}":
+                raise
+    return REGISTRY
+
+
+# Order matters: later checks may read earlier results (findings are ranked at the end).
+CHECK_MODULES = ("performance", "calibration", "errors", "leakage", "shift", "robustness",
+                 "selective", "attribution")
+

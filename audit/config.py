@@ -1,0 +1,100 @@
+"""Audit configuration: defaults, a TOML file over them, `--set key=value` flags over that.
+
+    [audit]                      # run-wide settings (AUDIT_DEFAULTS)
+    seed = 0
+    [checks.calibration]         # one table per check; keys are the check's DEFAULTS
+    ece_warn = 0.05
+    [labels]                     # optional label map (see audit.labels)
+    map = { NEUTROPHIL = "neutrophil" }
+
+Unknown tables or keys are errors that name them: a typo must not silently fall back to a
+default threshold.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from audit.errors import InputError, UsageError
+from audit.tomlcompat import tomllib
+
+__all__ = ["AUDIT_DEFAULTS", "default_config", "load_config", "apply_override"]
+
+AUDIT_DEFAULTS = {
+    "seed": 0,
+    "batch_size": 64,
+    "cache_dir": str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cellaudit"),
+    "checks": [],          # empty: every registered check
+    "explain": True,
+    "report": True,
+}
+
+
+def default_config() -> dict:
+    from audit.checks.base import load_builtin_checks
+    from audit.explain.config import EXPLAIN_DEFAULTS
+
+    registry = load_builtin_checks()
+    return {
+        "audit": copy.deepcopy(AUDIT_DEFAULTS),
+        "checks": {name: copy.deepcopy(cls.DEFAULTS) for name, cls in registry.items()},
+        "explain": copy.deepcopy(EXPLAIN_DEFAULTS),
+        "labels": {},
+    }
+
+
+def _merge(base: dict, update: dict, *, where: str) -> None:
+    for key, value in update.items():
+        if key not in base:
+            known = ", ".join(sorted(base)) or "none"
+            raise UsageError(f"{where}: unknown key '{key}' (known: {known})")
+        if isinstance(base[key], dict) and base[key] and not isinstance(value, dict):
+            raise UsageError(f"{where}.{key}: expected a table, received {value!r}")
+        if isinstance(base[key], dict) and base[key]:
+            _merge(base[key], value, where=f"{where}.{key}")
+        else:
+            default = base[key]
+            if (isinstance(default, bool) != isinstance(value, bool)
+                    or (isinstance(default, (int, float)) and not isinstance(value, (int, float)))
+                    or (isinstance(default, str) and not isinstance(value, str))
+                    or (isinstance(default, list) and not isinstance(value, list))):
+                raise UsageError(f"{where}.{key}: expected {type(default).__name__}, "
+                                 f"received {value!r}")
+            base[key] = float(value) if isinstance(default, float) else value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict:
+    config = default_config()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot read config '{path}': {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"config '{path}' is not valid TOML: {exc}") from exc
+        labels = data.pop("labels", None)
+        _merge(config, data, where=f"config '{path}'")
+        if labels is not None:
+            config["labels"] = labels
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def apply_override(config: dict, item: str) -> None:
+    """Apply `section.key=value` (value in TOML syntax; bare words are strings)."""
+    if "=" not in item:
+        raise UsageError(f"--set '{item}': expected KEY=VALUE, e.g. checks.calibration.ece_warn=0.05")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    parts = key.strip().split(".")
+    update: dict = value
+    for part in reversed(parts):
+        update = {part: update}
+    _merge(config, update, where="--set")

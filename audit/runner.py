@@ -1,0 +1,203 @@
+"""`audit run` end to end: load, predict once per dataset, run every check, write the result."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from audit.atomic import atomic_dir, write_json
+from audit.checks.base import ROLES, AuditContext, DatasetView, load_builtin_checks
+from audit.data import load_dataset
+from audit.errors import InputError, UsageError
+from audit.findings import rank_findings
+from audit.labels import LabelMap
+from audit.progress import status
+from audit.results import AuditResult, CheckResult, Status
+
+__all__ = ["DataSpec", "parse_data_spec", "run_audit"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    role: str
+    name: str
+    source: str
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    """`train=DIR`, `heldout=DIR` or `shifted:NAME=DIR`."""
+    if "=" not in text:
+        raise UsageError(f"--data '{text}': expected ROLE=PATH with ROLE train, heldout or "
+                         "shifted:NAME")
+    key, source = text.split("=", 1)
+    role, _, name = key.partition(":")
+    if role not in ROLES:
+        raise UsageError(f"--data '{text}': unknown role '{role}'; expected train, heldout or "
+                         "shifted:NAME")
+    if role == "shifted" and not name:
+        raise UsageError(f"--data '{text}': a shifted set needs a name, e.g. shifted:site_b=DIR")
+    if role != "shifted" and name:
+        raise UsageError(f"--data '{text}': only shifted sets take a name")
+    if not source:
+        raise UsageError(f"--data '{text}': empty path")
+    return DataSpec(role=role, name=name or role, source=source)
+
+
+def _check_specs(specs: list[DataSpec]) -> None:
+    roles = [s.role for s in specs]
+    if roles.count("heldout") != 1:
+        raise UsageError("--data: exactly one heldout set is required (the reference), "
+                         f"received {roles.count('heldout')}")
+    if roles.count("train") > 1:
+        raise UsageError("--data: at most one train set")
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"--data: dataset names must be unique, repeated: {duplicates}")
+
+
+def _prepare_out(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out '{out_dir}' exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "audit.json").exists():
+        raise UsageError(f"--out '{out_dir}' is a non-empty folder without an audit.json; "
+                         "refusing to replace it (choose a new or empty folder)")
+
+
+def run_audit(
+    model_path: str | os.PathLike,
+    specs: list[DataSpec],
+    *,
+    config: dict,
+    out_dir: str | os.PathLike,
+    label_map: LabelMap | None = None,
+    strict: bool = False,
+    command: list[str] | None = None,
+) -> AuditResult:
+    """Run the audit and write OUTDIR/audit.json (+ artifacts/, report.html) atomically."""
+    from model.io import library_versions, load_model, model_hash
+    from audit.predict import Predictor, compute_outputs
+
+    _check_specs(specs)
+    out_dir = Path(out_dir)
+    _prepare_out(out_dir)
+    settings = config["audit"]
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    model, metadata = load_model(model_path)
+    class_names = tuple(metadata["class_names"])
+    image_size = int(metadata["input_size"])
+    if label_map is None and config.get("labels"):
+        label_map = LabelMap.from_dict(config["labels"], source="config [labels]")
+    datasets = {}
+    for spec in specs:
+        datasets[spec.name] = (spec, load_dataset(spec.source, name=spec.name, label_map=label_map,
+                                                  class_names=class_names, strict=strict))
+    timings["load"] = time.perf_counter() - started
+
+    digest = model_hash(model_path)
+    predictor = Predictor(model, batch_size=int(settings["batch_size"]))
+    views = {}
+    t0 = time.perf_counter()
+    for name, (spec, dataset) in datasets.items():
+        status(f"predicting {name} ({len(dataset)} images)")
+        outputs = compute_outputs(dataset, predictor=predictor, image_size=image_size,
+                                  cache_dir=settings["cache_dir"] or None, model_hash=digest)
+        views[name] = DatasetView(name=name, role=spec.role, dataset=dataset, outputs=outputs)
+    timings["predict"] = time.perf_counter() - t0
+
+    with atomic_dir(out_dir) as staging:
+        ctx = AuditContext(views=views, class_names=class_names, config=config,
+                           seed=int(settings["seed"]), artifacts_dir=staging / "artifacts",
+                           image_size=image_size, predictor=predictor)
+        prediction_files = {name: _save_predictions(ctx, view) for name, view in views.items()}
+        registry = load_builtin_checks()
+        selected = settings["checks"] or list(registry)
+        unknown = sorted(set(selected) - set(registry))
+        if unknown:
+            raise UsageError(f"[audit] checks: unknown check(s) {unknown}; known: {list(registry)}")
+        for name in selected:
+            ctx.results[name] = _run_check(registry[name](), ctx)
+            timings[f"check.{name}"] = ctx.results[name].seconds
+
+        explanations = {}
+        if settings["explain"]:
+            t0 = time.perf_counter()
+            explanations = _run_explanations(ctx)
+            timings["explain"] = time.perf_counter() - t0
+
+        timings["total"] = time.perf_counter() - started
+        # Cache hits vary between identical runs, so they live with the timings.
+        timings.update({f"cache_hit.{n}": float(v.outputs.from_cache) for n, v in views.items()})
+        result = AuditResult(
+            model={"path": str(Path(model_path).resolve()), "sha256": digest,
+                   "class_names": list(class_names), "input_size": image_size,
+                   "metadata": metadata},
+            datasets={name: {"role": spec.role, "source": spec.source, **ds.describe(),
+                             "predictions": prediction_files[name]}
+                      for name, (spec, ds) in datasets.items()},
+            config=config,
+            checks=ctx.results,
+            findings=rank_findings(ctx.results),
+            versions=library_versions(),
+            timings={k: round(v, 3) for k, v in timings.items()},
+            command=list(command or []),
+            explanations=explanations,
+        )
+        write_json(staging / "audit.json", result.to_dict())
+        if settings["report"]:
+            _render_report(staging)
+    return result
+
+
+def _save_predictions(ctx: AuditContext, view: DatasetView) -> str:
+    """Per-image labels, logits and relative paths: what the gate pairs images by."""
+    import numpy as np
+
+    return ctx.save_artifact(
+        f"predictions_{view.name}", labels=view.labels, logits=view.logits,
+        paths=np.array(view.dataset.relative_paths),
+    )
+
+
+def _run_check(check, ctx: AuditContext) -> CheckResult:
+    status(f"check {check.name}")
+    t0 = time.perf_counter()
+    try:
+        result = check.run(ctx)
+    except (UsageError, InputError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a crashing check becomes an ERROR result
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        result = CheckResult(name=check.name, status=Status.ERROR,
+                             summary=f"the check crashed: {detail}", error=detail)
+        print(f"warning: check {check.name} crashed: {detail}", file=sys.stderr)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _run_explanations(ctx: AuditContext) -> dict:
+    try:
+        from audit.explain.runner import explain_audit
+    except ModuleNotFoundError:
+        return {}
+    try:
+        return explain_audit(ctx)
+    except Exception as exc:  # noqa: BLE001 - explanations must not sink the audit
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        print(f"warning: explanations failed: {detail}", file=sys.stderr)
+        return {"error": detail}
+
+
+def _render_report(staging: Path) -> None:
+    try:
+        from reports.render import render_report
+    except ModuleNotFoundError:
+        return
+    render_report(staging / "audit.json", staging / "report.html")
+
