@@ -50,12 +50,29 @@ def _version() -> str:
         return "cellaudit (not installed)"
 
 
+_NEEDS_TENSORFLOW = {"train", "run", "predict", "demo"}
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr muted: its C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ chatter out
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command in _NEEDS_TENSORFLOW:
+            _import_tensorflow_quietly()
         return int(args.handler(args) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -79,8 +79,8 @@ def run_audit(
     command: list[str] | None = None,
 ) -> AuditResult:
     """Run the audit and write OUTDIR/audit.json (+ artifacts/, report.html) atomically."""
-    from model.io import library_versions, load_model, model_hash
     from audit.predict import Predictor, compute_outputs
+    from model.io import library_versions, load_model, model_hash
 
     _check_specs(specs)
     out_dir = Path(out_dir)

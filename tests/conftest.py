@@ -73,3 +73,31 @@ def logits_for(labels, predictions, n_classes, *, confidence=3.0, rng=None):
     if rng is not None:
         logits += rng.normal(0, 0.1, logits.shape)
     return logits
+
+
+TINY_TRAIN = ["--weights", "none", "--input-size", "32", "--alpha", "0.35", "--head-epochs", "0",
+              "--finetune-from", "Conv1", "--batch-size", "32", "--no-affine", "--no-stain"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_sites(tmp_path_factory) -> dict[str, Path]:
+    """Three tiny synthetic sets (32 px): train, heldout (same site) and a shifted site."""
+    from audit.synthetic import REFERENCE_SITE, SHIFTED_SITE, write_site
+
+    root = tmp_path_factory.mktemp("sites")
+    sites = {"train": (REFERENCE_SITE, 200, 10), "heldout": (REFERENCE_SITE, 100, 11),
+             "site_b": (SHIFTED_SITE, 100, 12)}
+    for name, (domain, n, seed) in sites.items():
+        write_site(root / name, n_images=n, size=32, domain=domain, seed=seed, site_name=name)
+    return {name: root / name for name in sites}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_sites, tmp_path_factory) -> Path:
+    """A tiny MobileNetV2 trained briefly on the synthetic train set (accuracy irrelevant)."""
+    from audit.cli import main
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    assert main(["train", str(synthetic_sites["train"]), "--out", str(path),
+                 "--finetune-epochs", "2", *TINY_TRAIN]) == 0
+    return path

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from audit.commands.common import add_data_options, load_label_map_option, positive_int, fraction
+from audit.commands.common import add_data_options, fraction, load_label_map_option, positive_int
 
 __all__ = ["add_parser", "run"]
 
