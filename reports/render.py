@@ -1,0 +1,237 @@
+"""Render audit.json (+ its artifacts) into one self-contained HTML report.
+
+    render_report("OUT/audit.json", "OUT/report.html")
+
+The report needs no network, no JavaScript and no other file: CSS is inlined, figures and
+images are base64 PNG data URIs, and a Content-Security-Policy forbids any request that is not
+a data: image. Images of the datasets (thumbnails, error gallery) are read from disk when the
+files are still where the audit found them; otherwise the report says they were left out.
+Never imports TensorFlow: everything comes from the JSON and the npz artifacts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from audit.atomic import write_text
+from audit.results import SCHEMA_VERSION
+from reports import context as ctx
+from reports import figures
+
+__all__ = ["render_report", "render_html", "load_audit", "Assets", "TEMPLATES"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def load_audit(path: str | os.PathLike) -> dict:
+    """Read audit.json; ValueError with the reason when it is not a compatible audit."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read '{path}': {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"'{path}' is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or "checks" not in data or "model" not in data:
+        raise ValueError(f"'{path}' is not an audit.json (no 'checks' and 'model' keys)")
+    major = str(data.get("schema_version", "0")).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise ValueError(f"'{path}' has schema {data.get('schema_version')!r}; this version "
+                         f"renders schema {SCHEMA_VERSION}")
+    return data
+
+
+class Assets:
+    """Read-only access to what lives beside audit.json: npz artifacts and dataset images."""
+
+    def __init__(self, base_dir: str | os.PathLike, audit: Mapping):
+        self.base_dir = Path(base_dir)
+        self.audit = audit
+        self._npz: dict[str, dict | None] = {}
+        self._explained: dict[str, list[dict]] = {}
+
+    # -- artifacts
+    def npz(self, relative: str | None) -> dict | None:
+        """Arrays of an artifact (path relative to the audit folder); None if absent/corrupt."""
+        if not relative:
+            return None
+        if relative not in self._npz:
+            path = self.base_dir / relative
+            try:
+                with np.load(path, allow_pickle=False) as archive:
+                    self._npz[relative] = {k: archive[k] for k in archive.files}
+            except (OSError, ValueError, KeyError):
+                self._npz[relative] = None
+        return self._npz[relative]
+
+    def predictions(self, dataset: str) -> dict | None:
+        meta = (self.audit.get("datasets") or {}).get(dataset) or {}
+        relative = meta.get("predictions") or f"artifacts/predictions_{dataset}.npz"
+        return self.npz(relative)
+
+    # -- dataset images
+    def _root(self, dataset: str) -> Path | None:
+        root = ((self.audit.get("datasets") or {}).get(dataset) or {}).get("root")
+        return Path(root) if root and Path(root).is_dir() else None
+
+    def image(self, dataset: str, relative: str, size: int) -> np.ndarray | None:
+        """One dataset image at `size` pixels, or None when it is not on disk any more."""
+        from audit.data import load_image
+        from audit.errors import InputError
+
+        root = self._root(dataset)
+        if root is None or not relative:
+            return None
+        path = root / relative
+        if not path.is_file():
+            return None
+        try:
+            return load_image(path, size)
+        except InputError:
+            return None
+
+    def examples(self, dataset: str, class_names: Sequence[str], *, per_class: int,
+                 size: int) -> tuple[dict | None, str]:
+        """({class: [images]}, "") with the first `per_class` readable images of each class, or
+        (None, reason)."""
+        root = ((self.audit.get("datasets") or {}).get(dataset) or {}).get("root")
+        if self._root(dataset) is None:
+            return None, (f"the images of {dataset} are no longer at '{root}', so no thumbnails "
+                          "are shown")
+        arrays = self.predictions(dataset)
+        if arrays is None or "paths" not in arrays or "labels" not in arrays:
+            return None, f"the predictions artifact of {dataset} is missing"
+        out: dict[str, list] = {}
+        for c, name in enumerate(class_names):
+            picked = []
+            for relative in arrays["paths"][arrays["labels"] == c]:
+                image = self.image(dataset, str(relative), size)
+                if image is not None:
+                    picked.append(image)
+                if len(picked) >= per_class:
+                    break
+            out[name] = picked
+        if not any(out.values()):
+            return None, f"none of the images of {dataset} could be read"
+        return out, ""
+
+    # -- explanations (layout: audit.explain.runner.explain_audit)
+    def explained(self, dataset: str) -> list[dict]:
+        """The explained images of `dataset`: the JSON record plus `image` and `maps` arrays
+        from its artifact (empty when the artifact is missing or unreadable)."""
+        if dataset not in self._explained:
+            self._explained[dataset] = self._read_explained(dataset)
+        return self._explained[dataset]
+
+    def _read_explained(self, dataset: str) -> list[dict]:
+        entry = _get(self.audit, "explanations", "datasets", dataset) or {}
+        arrays = self.npz(entry.get("artifact"))
+        records = entry.get("images") or []
+        if arrays is None or "images" not in arrays or len(arrays["images"]) != len(records):
+            return []
+        methods = [k[len("maps_"):] for k in arrays if k.startswith("maps_")]
+        return [{**record, "image": arrays["images"][i],
+                 "maps": {m: arrays[f"maps_{m}"][i].astype(np.float32) for m in methods}}
+                for i, record in enumerate(records)]
+
+    def explanation_panels(self, item: Mapping, methods: Sequence[str], *, signed: Mapping,
+                           size: int) -> list[dict]:
+        """Image | one overlay per method, as PNG data URIs with alt text."""
+        image = item["image"]
+        what = (f"{item.get('label_name')} image predicted as {item.get('target_name')}"
+                if not item.get("correct") else f"{item.get('label_name')} image, predicted "
+                                                "correctly")
+        panels = [{"method": "image", "title": "Image", "uri": figures.image_uri(image, size=size),
+                   "alt": f"Input: {what} (confidence {ctx.pct(item.get('confidence'))})."}]
+        for method in methods:
+            values = item["maps"].get(method)
+            if values is None:
+                panels.append({"method": method, "title": ctx.METHOD_NAMES.get(method, method),
+                               "uri": None, "alt": ""})
+                continue
+            picture = (figures.signed_overlay(image, values) if signed.get(method) else
+                       figures.overlay_heatmap(image, values))
+            side = ("orange for, purple against the predicted class" if signed.get(method) else
+                    "brighter = more weight")
+            panels.append({"method": method, "title": ctx.METHOD_NAMES.get(method, method),
+                           "uri": figures.image_uri(picture, size=size),
+                           "alt": f"{ctx.METHOD_NAMES.get(method, method)} map over the {what}: "
+                                  f"{side}."})
+        return panels
+
+    def error_tile(self, dataset: str, relative: str, *, size: int) -> dict | None:
+        """An error's image (from disk, else from the explanation artifact when it was
+        explained) and its Grad-CAM overlay when the explanations cover it."""
+        explained = next((item for item in self.explained(dataset)
+                          if item.get("path") == relative), None)
+        image = self.image(dataset, relative, size)
+        if image is None and explained is not None:
+            image = explained["image"]
+        if image is None:
+            return None
+        cam = explained["maps"].get("gradcam") if explained is not None else None
+        return {"image": figures.image_uri(image, size=size),
+                "cam": figures.image_uri(figures.overlay_heatmap(image, cam), size=size)
+                if cam is not None else None}
+
+    def copy_pairs(self, query: str, against: str, examples: Sequence[Mapping], *, limit: int,
+                   size: int) -> list[dict]:
+        """Side-by-side image pairs of near-copies (those still on disk), up to `limit`."""
+        out = []
+        for e in examples:
+            left = self.image(query, e.get("path", ""), size)
+            right = self.image(against, e.get("match_path", ""), size)
+            if left is None or right is None:
+                continue
+            how = ("identical files" if e.get("exact") else
+                   f"hash distance {e.get('hash_distance')}, cosine "
+                   f"{ctx.num(e.get('cosine'), 2)}")
+            out.append({"uri": figures.image_strip([left, right], size=size), "how": how,
+                        "alt": f"An image of {query} ({e.get('path')}) beside its near-copy in "
+                               f"{against} ({e.get('match_path')}): {how}."})
+            if len(out) >= limit:
+                break
+        return out
+
+
+def _get(data, *keys):
+    for key in keys:
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Environment:
+    """One environment per process: templates are compiled once."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      keep_trailing_newline=True)
+    env.filters.update(pct=ctx.pct, num=ctx.num, ci=ctx.ci_text, points=ctx.points_ci,
+                       p=ctx.p_text)
+    return env
+
+
+def render_html(audit: Mapping, *, base_dir: str | os.PathLike | None = None) -> str:
+    """The report as one HTML string; `base_dir` is the audit folder (for artifacts)."""
+    assets = Assets(base_dir, audit) if base_dir is not None else None
+    context = ctx.build_context(audit, assets)
+    css = (TEMPLATES / "report.css").read_text(encoding="utf-8")
+    return _environment().get_template("report.html.j2").render(css=Markup(css), **context)
+
+
+def render_report(audit_json: str | os.PathLike, html_path: str | os.PathLike) -> Path:
+    """Render `audit_json` (artifacts read from its folder) to `html_path`, atomically."""
+    audit_json = Path(audit_json)
+    audit = load_audit(audit_json)
+    html = render_html(audit, base_dir=audit_json.parent)
+    return write_text(html_path, html)
