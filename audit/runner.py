@@ -199,5 +199,10 @@ def _render_report(staging: Path) -> None:
         from reports.render import render_report
     except ModuleNotFoundError:
         return
-    render_report(staging / "audit.json", staging / "report.html")
+    try:
+        render_report(staging / "audit.json", staging / "report.html")
+    except Exception as exc:  # noqa: BLE001 - the audit stands without its report
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        print(f"warning: report not written ({detail}); re-render with `audit report`",
+              file=sys.stderr)
 

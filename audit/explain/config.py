@@ -1,12 +1,43 @@
-"""Explanation settings: the `[explain]` table of the audit config."""
+"""Explanation settings: the `[explain]` table of the audit config.
+
+Defaults are sized for a 2-core CPU: on the demo (64 px images, tiny model) the whole
+explanation step takes well under a minute; at 224 px with a full MobileNetV2 count roughly
+(shap_max_evals + lime_num_samples + 4 x 2 x (faithfulness_steps + 1)) forward passes per
+selected image, plus the sanity and stability re-runs.
+"""
 
 EXPLAIN_DEFAULTS = {
-    "methods": ["gradcam", "shap", "lime"],
+    "methods": ["gradcam", "shap", "lime"],  # run in this order; see audit.explain registry
+    # Images per dataset (seeded): per true class, this many correct and misclassified ones,
+    # plus the most confident errors not already picked.
     "correct_per_class": 1,
     "errors_per_class": 1,
     "most_confident_errors": 2,
-    "shap_max_evals": 300,
-    "lime_num_samples": 300,
-    "lime_batch_size": 128,
-    "faithfulness_steps": 16,
+    "batch_size": 128,             # images per model call for SHAP, LIME and faithfulness
+    "gradcam_batch_size": 32,      # images per gradient tape
+    "shap_max_evals": 300,         # model calls per image (Partition explainer budget)
+    "shap_batch_size": 128,        # masked images per Owen-recursion step
+    "shap_blur_fraction": 0.07,    # SHAP masking blur kernel, fraction of the side (16 px @224)
+    "lime_num_samples": 300,       # perturbed images per image
+    "lime_batch_size": 128,        # perturbed images per model call
+    "lime_segments": 50,           # SLIC superpixels (about)
+    "faithfulness_steps": 16,      # deletion/insertion steps
+    "faithfulness_baseline": "blur",  # "blur" (blurred copy) or "mean" (mean colour)
+    "faithfulness_blur_fraction": 0.07,
+    # Flag a method unless the 95% interval of its (insertion - deletion) AUC gain over random
+    # maps lies above this.
+    "faithfulness_min_gain": 0.0,
+    "random_grid": 8,              # random-map lattice (smooth random baseline maps)
+    "n_boot": 200,                 # bootstrap resamples for the gain interval
+    "sanity": True,                # model-randomisation check
+    "sanity_methods": ["gradcam", "shap", "lime"],
+    "sanity_max_images": 6,        # per dataset (the first selected images)
+    "sanity_reinit_layers": 9,     # weighted layers re-initialised from the top (see sanity.py)
+    "sanity_max_correlation": 0.5,  # flag a method whose maps correlate more than this
+    "stability": True,             # clean vs corrupted maps
+    "stability_methods": ["gradcam"],  # add "shap", "lime" when the budget allows
+    "stability_corruptions": ["gaussian_noise", "defocus_blur", "stain_shift"],
+    "stability_severity": 2,
+    "stability_min_correlation": 0.3,  # flag a method whose maps correlate less than this
+    "artifact_size": 128,          # side of images and maps stored in the npz (<= input size)
 }
