@@ -28,6 +28,7 @@ __all__ = [
     "SkippedFile",
     "load_dataset",
     "load_image",
+    "load_unlabelled",
     "iter_batches",
     "read_images",
     "fingerprint",
@@ -315,6 +316,32 @@ def load_dataset(
         skipped=tuple(skipped),
         fingerprint=fingerprint(str(root), paths, labels, tuple(class_names)),
     )
+
+
+def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
+                    strict: bool = False) -> Dataset:
+    """Every image below a folder (any depth, labels ignored), or the rows of a manifest."""
+    source_path = Path(source)
+    if source_path.is_file() or (source_path.is_dir() and any(
+            p.is_dir() for p in source_path.iterdir())):
+        ds = load_dataset(source, name=name, strict=strict)
+        return ds
+    if not source_path.is_dir():
+        raise InputError(f"dataset '{source}' does not exist; expected a folder or a CSV manifest")
+    paths = sorted(str(p) for p in source_path.rglob("*") if p.is_file()
+                   and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    reasons = _scan(paths)
+    skipped = tuple(SkippedFile(p, r) for p, r in zip(paths, reasons, strict=True) if r)
+    if skipped and strict:
+        raise InputError(f"dataset '{source}': {len(skipped)} unusable file(s), first "
+                         f"'{skipped[0].path}': {skipped[0].reason}")
+    paths = tuple(p for p, r in zip(paths, reasons, strict=True) if r is None)
+    if not paths:
+        raise InputError(f"dataset '{source}' has no usable images")
+    labels = np.zeros(len(paths), dtype=np.int64)
+    root = str(source_path.resolve())
+    return Dataset(name=name, root=root, paths=paths, labels=labels, class_names=("unlabelled",),
+                   skipped=skipped, fingerprint=fingerprint(root, paths, labels, ("unlabelled",)))
 
 
 def read_images(paths: Sequence[str], size: int, *, max_workers: int = 4) -> np.ndarray:

@@ -61,7 +61,8 @@ def forward_model(model):
         embedding = last.input
         if getattr(last.activation, "__name__", "") == "softmax":
             logits = keras.ops.log(keras.ops.maximum(last.output, 1e-12))
-    return keras.Model(model.inputs, [logits, embedding])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, [logits, embedding])
 
 
 class Predictor:

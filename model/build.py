@@ -32,12 +32,15 @@ def build_classifier(
     alpha: float = 1.0,
     weights: str | os.PathLike | None = "imagenet",
     dropout: float = 0.2,
+    stain_target: dict | None = None,
     name: str = "cellaudit_mobilenetv2",
 ) -> keras.Model:
     """MobileNetV2 backbone with a global-pool, dropout, linear head; outputs probabilities.
 
     `weights`: "imagenet" (downloads, needs network), a path to a no-top MobileNetV2 weights
     file for the same `alpha` (for air-gapped sites), or None for random initialisation.
+    `stain_target` ({"mean": [L, a, b], "std": [...]}) adds Reinhard stain normalisation as
+    the first layer ('stain_normalize'), so the saved model normalises its own input.
     """
     if num_classes < 2:
         raise UsageError(f"num_classes must be >= 2, received {num_classes}")
@@ -73,7 +76,13 @@ def build_classifier(
     backbone.name = BACKBONE  # type: ignore[misc]
 
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    x = inputs
+    if stain_target is not None:
+        from model.layers import ReinhardNormalization
+
+        x = ReinhardNormalization(stain_target["mean"], stain_target["std"],
+                                  name="stain_normalize")(x)
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
     # With pretrained weights, training=False keeps BatchNorm in inference mode even when the
     # backbone is unfrozen: small fine-tuning batches would otherwise wreck the ImageNet
     # statistics. From scratch there are no statistics to keep, so BatchNorm learns them.

@@ -65,7 +65,7 @@ def fit_and_save(
     val_accuracy = float(result.history["val_accuracy"][int(np.argmin(result.history["val_loss"]))]) \
         if result.history.get("val_loss") else float("nan")
 
-    split_path = out.with_name(out.stem + ".split.csv")
+    split_path = out.with_name(out.stem + ".split.csv")  # + .train.csv, .validation.csv
     metadata = {
         "class_names": list(dataset.class_names),
         "input_size": config.input_size,

@@ -95,6 +95,8 @@ def load_model(path: str | os.PathLike):
     metadata = read_metadata(path)
     import keras
 
+    import model.layers  # noqa: F401 - registers the custom layers a saved model may hold
+
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
@@ -44,13 +45,41 @@ def split_dataset(
 
 
 def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.ndarray,
-                         val: np.ndarray) -> None:
-    """CSV path,label,group,split (paths relative to the dataset root)."""
-    rel = dataset.relative_paths
+                         val: np.ndarray) -> list[Path]:
+    """Write `path` (path,label,group,split) and one manifest per split beside it.
+
+    `<stem>.train.csv` and `<stem>.validation.csv` (path,label,group) can be passed straight to
+    `audit run --data train=... --data heldout=...`. Paths are relative to the manifest's folder
+    when the data lies below it, else absolute.
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+
+    def where(i: int) -> str:
+        absolute = Path(dataset.paths[i]).resolve()
+        try:
+            return str(absolute.relative_to(base))
+        except ValueError:
+            return str(absolute)
+
+    def group(i: int) -> str:
+        return dataset.groups[i] if dataset.groups is not None else ""
+
+    stem = path.name[: -len(".split.csv")] if path.name.endswith(".split.csv") else path.stem
+    written = []
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "group", "split"])
         for split, indices in (("train", train), ("validation", val)):
             for i in indices:
-                group = dataset.groups[i] if dataset.groups is not None else ""
-                writer.writerow([rel[i], dataset.class_names[dataset.labels[i]], group, split])
+                writer.writerow([where(i), dataset.class_names[dataset.labels[i]], group(i), split])
+    written.append(path)
+    for split, indices in (("train", train), ("validation", val)):
+        target = path.with_name(f"{stem}.{split}.csv")
+        with atomic_path(target) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "group"])
+            for i in indices:
+                writer.writerow([where(i), dataset.class_names[dataset.labels[i]], group(i)])
+        written.append(target)
+    return written

@@ -42,6 +42,7 @@ class TrainConfig:
     imbalance: str = "class_weight"
     patience: int = 3
     seed: int = 0
+    stain_normalize: str = "none"   # "reinhard": stain normalisation inside the model
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict:
@@ -117,6 +118,19 @@ def _class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+def _stain_target(dataset: Dataset, indices: np.ndarray, config: TrainConfig,
+                  max_images: int = 256) -> dict:
+    """Reinhard target: mean Lab statistics of a seeded sample of the training images."""
+    from audit.data import read_images
+    from model.layers import lab_statistics
+
+    rng = np.random.default_rng(config.seed)
+    sample = rng.choice(indices, size=min(max_images, len(indices)), replace=False)
+    mean, std = lab_statistics(read_images([dataset.paths[i] for i in np.sort(sample)],
+                                           config.input_size))
+    return {"mean": mean, "std": std}
+
+
 def _unfreeze_top(backbone, first_layer_prefix: str) -> int:
     names = [layer.name for layer in backbone.layers]
     start = next((i for i, n in enumerate(names) if n.startswith(first_layer_prefix)), None)
@@ -145,8 +159,11 @@ def train_classifier(
     seed_everything(config.seed)
     started = time.perf_counter()
     n_classes = len(train_set.class_names)
+    stain_target = (_stain_target(train_set, train_idx, config)
+                    if config.stain_normalize == "reinhard" else None)
     model = build_classifier(n_classes, input_size=config.input_size, alpha=config.alpha,
-                             weights=config.weights, dropout=config.dropout)
+                             weights=config.weights, dropout=config.dropout,
+                             stain_target=stain_target)
     train_labels = train_set.labels[train_idx]
     balanced = config.imbalance == "balanced_sampling"
     train_ds = make_input_pipeline(train_set, train_idx, image_size=config.input_size,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audit.cli import main
-from audit.data import load_dataset
+from audit.data import load_dataset, read_images
 from audit.synthetic import write_site
 from model.io import load_model
 
@@ -34,16 +34,11 @@ def trained(two_classes, tmp_path_factory):
 
 def test_training_beats_chance_clearly(trained, two_classes):
     model, meta = load_model(trained)
-    split = list(csv.DictReader(open(trained.with_name("m.split.csv"))))
-    val_paths = {row["path"] for row in split if row["split"] == "validation"}
-    ds = load_dataset(two_classes, class_names=meta["class_names"])
-    val_idx = [i for i, p in enumerate(ds.relative_paths) if p in val_paths]
-    assert len(val_idx) == 80  # 20% of 400, stratified
-    from audit.data import read_images
-
-    images = read_images([ds.paths[i] for i in val_idx], 32).astype("float32")
-    accuracy = float(np.mean(np.asarray(model.predict(images, verbose=0)).argmax(1)
-                             == ds.labels[val_idx]))
+    # The per-split manifest written beside the model is a dataset of its own.
+    val = load_dataset(trained.with_name("m.validation.csv"), class_names=meta["class_names"])
+    assert len(val) == 80  # 20% of 400, stratified
+    images = read_images(list(val.paths), 32).astype("float32")
+    accuracy = float(np.mean(np.asarray(model.predict(images, verbose=0)).argmax(1) == val.labels))
     assert accuracy >= 0.75, accuracy  # chance is 0.5
     assert meta["validation_accuracy"] == pytest.approx(accuracy, abs=0.05)
 
