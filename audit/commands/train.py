@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--patience", type=positive_int, default=3, help="early-stopping patience")
     for name in ("flips", "affine", "color", "stain"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch off {name} augmentation")
+    p.add_argument("--stain-normalize", choices=("none", "reinhard"), default="none",
+                   help="stain normalisation at the input, saved inside the model")
     p.add_argument("--seed", type=int, default=0)
     add_data_options(p)
     p.set_defaults(handler=run)
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs, head_learning_rate=args.head_lr,
         finetune_learning_rate=args.finetune_lr, finetune_from=args.finetune_from,
         imbalance=args.imbalance, patience=args.patience, seed=args.seed, augment=augment,
+        stain_normalize=args.stain_normalize,
     )
     started = time.perf_counter()
     data = load_dataset(args.data, name="train", label_map=label_map, strict=args.strict)
