@@ -1,0 +1,247 @@
+"""Leakage check: planted copies (hash, embedding, identical files) are found, a null has none,
+share/accuracy/gap arithmetic by hand, thresholds, edge cases, artifact and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import logits_for, make_context, make_view
+
+from audit.checks.leakage import LeakageCheck, accuracy_by_copy, leak_gap_share
+from audit.duplicates import exact_matches, file_digests, find_matches
+from audit.results import Status
+
+AB = ("a", "b")
+
+
+def _hashes(n, seed):
+    return np.random.default_rng(seed).integers(0, 2**64, n, dtype=np.uint64)
+
+
+def _near(hashes, bits=2):
+    return hashes ^ np.uint64(2**bits - 1)  # flip the lowest `bits` bits
+
+
+def _view(name, role, correct, *, phash, seed=0, labels=None, **kw):
+    rng = np.random.default_rng(seed)
+    correct = np.asarray(correct, bool)
+    labels = rng.integers(0, 2, len(correct)) if labels is None else np.asarray(labels)
+    preds = np.where(correct, labels, 1 - labels)
+    return make_view(name, role, labels, logits_for(labels, preds, 2), class_names=AB,
+                     phash=phash, **kw)
+
+
+def _run(views, tmp_path, *overrides, seed=0):
+    ctx = make_context(views, tmp_path=tmp_path, seed=seed, overrides=list(overrides))
+    result = LeakageCheck().run(ctx)
+    return result, json.loads(json.dumps(result.to_dict(), allow_nan=False)), ctx
+
+
+def _leaky_setup():
+    """Heldout: 20 of 50 images are near-copies of train (all correct), the other 30 are 50%
+    correct -> accuracy 0.70, 0.50 without copies. Shifted: 16/40 = 0.40, no copies."""
+    train_h = _hashes(100, 1)
+    held_h = _hashes(50, 2)
+    held_h[:20] = _near(train_h[:20])
+    held_correct = np.r_[np.ones(20, bool), np.arange(30) % 2 == 0]
+    train_labels, held_labels = np.arange(100) % 2, np.arange(50) % 2  # copies share a label
+    train = _view("train", "train", np.ones(100, bool), phash=train_h, labels=train_labels)
+    held = _view("heldout", "heldout", held_correct, phash=held_h, labels=held_labels)
+    shifted = _view("site_b", "shifted", np.arange(40) < 16, phash=_hashes(40, 3), seed=3)
+    return train, held, shifted
+
+
+def test_gap_share_arithmetic():
+    assert leak_gap_share(0.9, 0.5, 0.4) == pytest.approx(0.8)
+    assert leak_gap_share(0.9, 0.3, 0.5) == 1.0       # clipped
+    assert leak_gap_share(0.9, 0.95, 0.5) == 0.0      # copies did not help
+    assert leak_gap_share(0.9, 0.5, 0.95) is None     # no gap to explain
+    assert leak_gap_share(0.9, float("nan"), 0.5) is None
+
+
+def test_planted_leak_found_with_hand_computed_numbers(tmp_path):
+    train, held, shifted = _leaky_setup()
+    result, data, ctx = _run([train, held, shifted], tmp_path)
+    assert result.status == Status.FAIL  # 40% leaked > 10%
+    entry = data["metrics"]["datasets"]["heldout"]["against"]["train"]
+    assert entry["n_with_copy"] == 20 and entry["share"] == pytest.approx(0.4)
+    assert entry["by_criterion"]["hash"] == 20 and entry["by_criterion"]["exact"] == 0
+    assert entry["accuracy"]["with_copy"]["value"] == 1.0
+    assert entry["accuracy"]["without_copy"]["value"] == pytest.approx(0.5)
+    low, high = entry["accuracy"]["without_copy"]["low"], entry["accuracy"]["without_copy"]["high"]
+    assert low < 0.5 < high
+    assert data["metrics"]["datasets"]["site_b"]["against"]["train"]["n_with_copy"] == 0
+    assert data["metrics"]["datasets"]["site_b"]["against"]["heldout"]["n_with_copy"] == 0
+    leak = [f for f in result.findings if f.kind == "train_leak"]
+    assert len(leak) == 1 and leak[0].dataset == "site_b"
+    assert leak[0].gap_share == pytest.approx((0.7 - 0.5) / (0.7 - 0.4))
+    assert leak[0].text.startswith("40% of heldout images have a near-copy in train; on the "
+                                   "others accuracy is 50% (95% CI")
+    assert "close to site_b accuracy of 40% (70% on all heldout images)" in leak[0].text
+    assert "--group-split near-duplicates" in leak[0].action
+    examples = entry["examples"]
+    assert len(examples) == 10 and examples[0]["hash_distance"] == 2
+    assert examples[0]["path"].startswith("heldout/") and examples[0]["match_path"].startswith(
+        "train/")
+    # The artifact holds the nearest matches of every comparison.
+    with np.load(ctx.artifacts_dir / "leakage.npz") as arrays:
+        assert arrays["heldout__train__near_copy"].sum() == 20
+        np.testing.assert_array_equal(arrays["heldout__train__hash_index"][:20], np.arange(20))
+    assert result.artifacts == {"matches": "artifacts/leakage.npz"}
+
+
+def test_null_has_no_copies(tmp_path):
+    train = _view("train", "train", np.ones(200, bool), phash=_hashes(200, 5))
+    held = _view("heldout", "heldout", np.ones(100, bool), phash=_hashes(100, 6))
+    result, data, _ = _run([train, held], tmp_path)
+    assert result.status == Status.PASS and result.findings == []
+    assert data["metrics"]["leaked_share"] == 0.0
+    assert data["metrics"]["datasets"]["heldout"]["within"]["n_unique"] == 100
+
+
+def test_warn_between_thresholds_and_without_shifted(tmp_path):
+    train_h, held_h = _hashes(100, 1), _hashes(100, 2)
+    held_h[:5] = train_h[:5]
+    correct = np.r_[np.ones(5, bool), np.arange(95) % 5 != 0]
+    train = _view("train", "train", np.ones(100, bool), phash=train_h, labels=np.arange(100) % 2)
+    held = _view("heldout", "heldout", correct, phash=held_h, labels=np.arange(100) % 2)
+    result, data, _ = _run([train, held], tmp_path)
+    assert result.status == Status.WARN
+    finding = next(f for f in result.findings if f.kind == "train_leak")
+    assert finding.gap_share is None and finding.dataset == "heldout"
+    assert finding.impact == pytest.approx(correct.mean() - 76 / 95)
+    _, data, _ = _run([train, held], tmp_path, "checks.leakage.leak_share_warn=0.06")
+    assert data["status"] == "PASS"
+
+
+def test_dihedral_hashes_and_embeddings_and_shifted_overlap(tmp_path):
+    train_h = np.stack([_hashes(60, s) for s in range(8)], axis=1)   # (N, 8) orientations
+    held_h = np.stack([_hashes(30, 10 + s) for s in range(8)], axis=1)
+    held_h[:6, 3] = train_h[:6, 0]           # a rotated copy: only orientation 3 matches
+    rng = np.random.default_rng(0)
+    train_e, held_e = rng.normal(size=(60, 16)), rng.normal(size=(30, 16))
+    held_e[10:13] = 2 * train_e[40:43] + rng.normal(scale=0.01, size=(3, 16))  # embedding copies
+    shift_h = np.stack([_hashes(20, 30 + s) for s in range(8)], axis=1)
+    shift_h[:4, 0] = held_h[20:24, 0]       # the shifted set shares 4 cells with heldout
+    held_labels = np.arange(30) % 2
+    train_labels = np.arange(60) % 2
+    train_labels[:6], train_labels[40:43] = held_labels[:6], held_labels[10:13]
+    shift_labels = np.arange(20) % 2
+    shift_labels[:4] = held_labels[20:24]
+    train = _view("train", "train", np.ones(60, bool), phash=train_h, embeddings=train_e,
+                  labels=train_labels)
+    held = _view("heldout", "heldout", np.ones(30, bool), phash=held_h, embeddings=held_e,
+                 labels=held_labels)
+    shifted = _view("site_b", "shifted", np.arange(20) < 10, phash=shift_h,
+                    embeddings=rng.normal(size=(20, 16)), labels=shift_labels)
+    result, data, _ = _run([train, held, shifted], tmp_path)
+    against = data["metrics"]["datasets"]["heldout"]["against"]["train"]
+    assert against["by_criterion"] == {"exact": 0, "hash": 6, "embedding": 3}
+    assert against["n_with_copy"] == 9
+    overlap = data["metrics"]["datasets"]["site_b"]["against"]["heldout"]
+    assert overlap["n_with_copy"] == 4
+    assert any(f.kind == "test_overlap" and f.dataset == "site_b" for f in result.findings)
+    assert data["metrics"]["hash_orientations"] == 8 and data["metrics"]["cosine_min"] == 0.95
+    assert against["thresholds"]["embeddings"] == "used" and against["thresholds"]["hash"] == 4
+    _, no_emb, _ = _run([train, held, shifted], tmp_path, "checks.leakage.use_embeddings=false")
+    assert no_emb["metrics"]["datasets"]["heldout"]["against"]["train"]["n_with_copy"] == 6
+    assert no_emb["metrics"]["cosine_min"] is None
+
+
+def test_identical_files_and_label_conflicts(tmp_path):
+    files = []
+    for i, content in enumerate([b"cell-1", b"cell-2", b"cell-1", b"cell-3"]):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(content)
+        files.append(str(path))
+    digests = file_digests(files + [str(tmp_path / "missing.png")])
+    assert digests[0] == digests[2] and digests[4] is None
+    assert exact_matches(digests, digests, exclude_self=True).tolist() == [2, -1, 0, -1, -1]
+    labels = np.array([0, 1, 1, 0])
+    view = make_view("heldout", "heldout", labels, logits_for(labels, labels, 2), class_names=AB,
+                     phash=_hashes(4, 0), paths=files)
+    result, data, _ = _run([view], tmp_path)
+    within = data["metrics"]["datasets"]["heldout"]["within"]
+    assert within["by_criterion"]["exact"] == 2 and within["n_unique"] == 3
+    assert within["label_conflicts"] == 2  # the copies carry different labels
+    assert result.status == Status.PASS   # no other set: nothing leaks
+    assert "at most 3 distinct of 4" in result.summary
+    assert [f.kind for f in result.findings] == ["within_duplicates"]
+
+
+def test_find_matches_and_accuracy_by_copy_units():
+    ref = _hashes(10, 0)
+    m = find_matches(_near(ref[:3], bits=5), ref, query_digests=[None] * 3,
+                     ref_digests=[None] * 10, max_hash_distance=4)
+    assert not m.near_copy.any() and m.hash_distance.tolist() == [5, 5, 5]
+    assert m.match_index.tolist() == [-1, -1, -1]
+    rng = np.random.default_rng(0)
+    out = accuracy_by_copy(np.array([1, 1, 0, 1], bool), np.array([1, 1, 0, 0], bool),
+                           n_boot=50, rng=rng, groups=None, min_n=3)
+    assert out["with_copy"] == {"value": 1.0, "low": None, "high": None}
+    assert out["without_copy"]["value"] == 0.5
+    assert accuracy_by_copy(np.ones(2, bool), np.zeros(2, bool), n_boot=5, rng=rng, groups=None,
+                            min_n=1)["with_copy"] is None
+
+
+def test_tiny_single_set_and_determinism(tmp_path):
+    view = _view("heldout", "heldout", [True], phash=_hashes(1, 0))
+    result, data, _ = _run([view], tmp_path)
+    assert result.status == Status.PASS
+    assert data["metrics"]["datasets"]["heldout"]["within"]["n_unique"] == 1
+    train, held, shifted = _leaky_setup()
+    _, first, _ = _run([train, held, shifted], tmp_path, seed=3)
+    _, second, _ = _run([train, held, shifted], tmp_path, seed=3)
+    assert first == second
+
+
+def test_collapsed_embeddings_match_nothing_instead_of_everything(tmp_path):
+    """An untrained model maps every image to nearly the same vector: cosine ~1 between
+    unrelated images of different classes, so the embedding criterion is switched off."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=16)
+    train = _view("train", "train", np.ones(80, bool), phash=_hashes(80, 1),
+                  embeddings=base + rng.normal(scale=1e-3, size=(80, 16)))
+    held = _view("heldout", "heldout", np.arange(40) % 3 == 0, phash=_hashes(40, 2),
+                 embeddings=base + rng.normal(scale=1e-3, size=(40, 16)))
+    result, data, _ = _run([train, held], tmp_path)
+    against = data["metrics"]["datasets"]["heldout"]["against"]["train"]
+    assert against["nearest_cosine"]["min"] > 0.99 and against["n_with_copy"] == 0
+    assert against["thresholds"]["embeddings"] == "uninformative"
+    assert against["thresholds"]["null_cosine_rate"] == 1.0
+    assert result.status == Status.PASS
+    assert "Embedding matching was off for 3 comparisons (e.g. heldout against train)" in \
+        result.summary
+    assert data["metrics"]["uninformative_embeddings"] == ["within train", "within heldout",
+                                                           "heldout against train"]
+    _, raw, _ = _run([train, held], tmp_path, "checks.leakage.calibrate=false")
+    assert raw["metrics"]["datasets"]["heldout"]["against"]["train"]["share"] == 1.0
+
+
+def test_calibration_lowers_the_hash_threshold_for_look_alike_images(tmp_path):
+    """Images whose hashes sit 3 bits from an image of another class: 3 bits is no evidence."""
+    train_h = _hashes(60, 1)
+    labels = np.arange(60) % 2
+    held_h = train_h ^ np.uint64(0b111)         # each 3 bits from a train image ...
+    held_labels = 1 - labels                     # ... of the other class: unrelated
+    held_h[:2] = train_h[:2] ^ np.uint64(1)      # two genuine copies (same class), 1 bit
+    held_labels[:2] = labels[:2]
+    train = _view("train", "train", np.ones(60, bool), phash=train_h, labels=labels)
+    held = _view("heldout", "heldout", np.ones(60, bool), phash=held_h, labels=held_labels)
+    _, data, _ = _run([train, held], tmp_path)
+    against = data["metrics"]["datasets"]["heldout"]["against"]["train"]
+    assert against["thresholds"]["hash"] == 2 and against["n_with_copy"] == 2
+
+
+def test_null_is_sampled_on_large_sets(tmp_path, monkeypatch):
+    import audit.checks.leakage as leakage
+
+    monkeypatch.setattr(leakage, "_NULL_SAMPLE", 30)
+    train, held, shifted = _leaky_setup()
+    result, data, _ = _run([train, held, shifted], tmp_path)
+    against = data["metrics"]["datasets"]["heldout"]["against"]["train"]
+    assert against["thresholds"]["n_null"] == 30 and against["n_with_copy"] == 20
+    _, again, _ = _run([train, held, shifted], tmp_path)
+    assert again["metrics"] == data["metrics"]
