@@ -21,7 +21,7 @@ from audit.progress import progress
 __all__ = ["DatasetOutputs", "Predictor", "forward_model", "compute_outputs", "softmax",
            "CACHE_VERSION"]
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class DatasetOutputs:
     probs: np.ndarray        # (N, C) float64
     embeddings: np.ndarray   # (N, D) float32, penultimate layer
     properties: dict[str, np.ndarray]
-    phash: np.ndarray        # (N,) uint64
+    phash: np.ndarray        # (N, 8) uint64: pHash of the 8 flips/90-degree rotations
     from_cache: bool = False
 
     @property
@@ -130,7 +130,8 @@ def compute_outputs(
                 props = {k[5:]: data[k] for k in data.files if k.startswith("prop_")}
                 return DatasetOutputs(data["logits"], softmax(data["logits"]), data["embeddings"],
                                       props, data["phash"], from_cache=True)
-    from audit.imaging import image_properties, perceptual_hash
+    from audit.duplicates import dihedral_hashes
+    from audit.imaging import image_properties
 
     logits, embeddings, hashes, props = [], [], [], []
     batch_size = predictor.batch_size
@@ -141,7 +142,7 @@ def compute_outputs(
         lo, em = predictor.outputs(images)
         logits.append(lo)
         embeddings.append(em)
-        hashes.append(perceptual_hash(images))
+        hashes.append(dihedral_hashes(images))
         props.append(image_properties(images))
     logits_arr = np.concatenate(logits)
     outputs = DatasetOutputs(

@@ -23,7 +23,7 @@ PREPROCESSING = {
 }
 
 
-def _split_groups(dataset: Dataset, mode: str | None, image_size: int) -> np.ndarray | None:
+def _split_groups(dataset: Dataset, mode: str | None, config: TrainConfig) -> np.ndarray | None:
     if mode is None:
         return None
     if mode == "manifest":
@@ -33,7 +33,35 @@ def _split_groups(dataset: Dataset, mode: str | None, image_size: int) -> np.nda
         return np.asarray(dataset.groups)
     from audit.duplicates import near_duplicate_groups
 
-    return near_duplicate_groups(dataset)
+    # Perceptual hashes miss augmented copies (shifted, sheared, rotated by a few degrees);
+    # pretrained features link many of them, so use them whenever there are weights.
+    embeddings = _pretrained_embeddings(dataset, config) if config.weights else None
+    return near_duplicate_groups(dataset, embeddings=embeddings,
+                                 cosine_min=NEAR_DUPLICATE_COSINE)
+
+
+# Nearest-neighbour cosine of ImageNet MobileNetV2 features above which two cell crops are
+# taken for copies: about 1% of unrelated kaggle/PBC cells reach it, while most augmented
+# copies do (measured in audit/duplicates.py).
+NEAR_DUPLICATE_COSINE = 0.92
+
+
+def _pretrained_embeddings(dataset: Dataset, config: TrainConfig) -> np.ndarray:
+    import keras
+    import tensorflow as tf
+
+    from audit.data import iter_batches
+    from audit.progress import progress
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(config.input_size, config.input_size, 3), alpha=config.alpha,
+        include_top=False, pooling="avg", weights=config.weights)
+    embed = tf.function(lambda x: backbone(x / 127.5 - 1.0, training=False))
+    batches = iter_batches(dataset, image_size=config.input_size, batch_size=64)
+    total = -(-len(dataset) // 64)
+    return np.concatenate([embed(tf.constant(images, tf.float32)).numpy()
+                           for images, _ in progress(batches, desc="embed for grouping",
+                                                     total=total, unit="batch")])
 
 
 def fit_and_save(
@@ -50,8 +78,9 @@ def fit_and_save(
     import sys
 
     out = Path(out)
+    groups = None
     if val_set is None:
-        groups = _split_groups(dataset, group_split, config.input_size)
+        groups = _split_groups(dataset, group_split, config)
         train_idx, val_idx = split_dataset(dataset, val_fraction=val_fraction, seed=config.seed,
                                            groups=groups)
         val_source = dataset
@@ -78,6 +107,7 @@ def fit_and_save(
         if val_set is not None else {"split_from_training": True, "fraction": val_fraction,
                                      "group_split": group_split},
         "split": {"train": len(train_idx), "validation": len(val_idx),
+                  "n_groups": int(len(np.unique(groups))) if groups is not None else None,
                   "manifest": split_path.name if val_set is None else None},
         "hyperparameters": config.to_dict(),
         "seed": config.seed,
@@ -89,6 +119,6 @@ def fit_and_save(
     }
     save_model(result.model, out, metadata)
     if val_set is None:
-        write_split_manifest(split_path, dataset, train_idx, val_idx)
+        write_split_manifest(split_path, dataset, train_idx, val_idx, groups=groups)
     return {"model": result.model, "metadata": metadata, "val_accuracy": val_accuracy,
             "train_idx": train_idx, "val_idx": val_idx}

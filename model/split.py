@@ -45,7 +45,7 @@ def split_dataset(
 
 
 def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.ndarray,
-                         val: np.ndarray) -> list[Path]:
+                         val: np.ndarray, *, groups: np.ndarray | None = None) -> list[Path]:
     """Write `path` (path,label,group,split) and one manifest per split beside it.
 
     `<stem>.train.csv` and `<stem>.validation.csv` (path,label,group) can be passed straight to
@@ -63,6 +63,8 @@ def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.nd
             return str(absolute)
 
     def group(i: int) -> str:
+        if groups is not None:  # the groups the split kept apart
+            return str(groups[i])
         return dataset.groups[i] if dataset.groups is not None else ""
 
     stem = path.name[: -len(".split.csv")] if path.name.endswith(".split.csv") else path.stem
