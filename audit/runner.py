@@ -125,6 +125,9 @@ def run_audit(
             ctx.results[name] = _run_check(registry[name](), ctx)
             timings[f"check.{name}"] = ctx.results[name].seconds
 
+        from audit.thumbnails import save_thumbnails
+
+        thumbnails = save_thumbnails(ctx)
         explanations = {}
         if settings["explain"]:
             t0 = time.perf_counter()
@@ -139,7 +142,8 @@ def run_audit(
                    "class_names": list(class_names), "input_size": image_size,
                    "metadata": metadata},
             datasets={name: {"role": spec.role, "source": spec.source, **ds.describe(),
-                             "predictions": prediction_files[name]}
+                             "predictions": prediction_files[name],
+                             "thumbnails": thumbnails[name]}
                       for name, (spec, ds) in datasets.items()},
             config=config,
             checks=ctx.results,

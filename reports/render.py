@@ -88,22 +88,35 @@ class Assets:
         from audit.errors import InputError
 
         root = self._root(dataset)
-        if root is None or not relative:
+        path = root / relative if root is not None and relative else None
+        if path is not None and path.is_file():
+            try:
+                return load_image(path, size)
+            except InputError:
+                pass
+        return self._thumbnail(dataset, relative, size)
+
+    def _thumbnail(self, dataset: str, relative: str, size: int) -> np.ndarray | None:
+        """The copy audit.json keeps in its thumbnails artifact (the dataset may be gone)."""
+        from PIL import Image
+
+        meta = (self.audit.get("datasets") or {}).get(dataset) or {}
+        arrays = self.npz(meta.get("thumbnails"))
+        if arrays is None or "paths" not in arrays or not relative:
             return None
-        path = root / relative
-        if not path.is_file():
+        hits = np.flatnonzero(arrays["paths"] == relative)
+        if not hits.size:
             return None
-        try:
-            return load_image(path, size)
-        except InputError:
-            return None
+        image = Image.fromarray(arrays["images"][hits[0]])
+        return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
     def examples(self, dataset: str, class_names: Sequence[str], *, per_class: int,
                  size: int) -> tuple[dict | None, str]:
         """({class: [images]}, "") with the first `per_class` readable images of each class, or
         (None, reason)."""
         root = ((self.audit.get("datasets") or {}).get(dataset) or {}).get("root")
-        if self._root(dataset) is None:
+        thumbnails = ((self.audit.get("datasets") or {}).get(dataset) or {}).get("thumbnails")
+        if self._root(dataset) is None and self.npz(thumbnails) is None:
             return None, (f"the images of {dataset} are no longer at '{root}', so no thumbnails "
                           "are shown")
         arrays = self.predictions(dataset)
