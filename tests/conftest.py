@@ -101,3 +101,12 @@ def tiny_model(synthetic_sites, tmp_path_factory) -> Path:
     assert main(["train", str(synthetic_sites["train"]), "--out", str(path),
                  "--finetune-epochs", "2", *TINY_TRAIN]) == 0
     return path
+
+
+def load_real(folder: str, n: int, size: int = 224) -> np.ndarray:
+    """The first `n` JPEGs of a folder of the shared real data, through audit.data.load_image."""
+    from audit.data import read_images
+
+    paths = sorted((data_root() / folder).glob("*.jpg"))[:n]
+    assert len(paths) == n, f"expected {n} images in {data_root() / folder}"
+    return read_images([str(p) for p in paths], size)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import load_real
 
 from audit.corruptions import CORRUPTIONS, SEVERITIES, SEVERITY_PARAMS, _stain_shift, corrupt
 from audit.imaging import image_properties
@@ -23,22 +22,6 @@ def smears() -> np.ndarray:
     return images
 
 
-def _data_root() -> Path:
-    return Path(os.environ.get("CELLAUDIT_DATA", REPO.parent / "shared" / "data"))
-
-
-def _load(folder: str, n: int, size: int = 224) -> np.ndarray:
-    paths = sorted((_data_root() / folder).glob("*.jpg"))[:n]
-    assert len(paths) == n, f"expected {n} images in {_data_root() / folder}"
-    out = []
-    for path in paths:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            side = min(im.size)
-            left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
-            out.append(np.asarray(im))
-    return np.stack(out)
 
 
 def _distortion(clean: np.ndarray, corrupted: np.ndarray) -> float:
@@ -89,7 +72,7 @@ def test_distortion_grows_with_severity(smears, name):
 
 @pytest.fixture(scope="module")
 def real_smears() -> np.ndarray:
-    return np.concatenate([_load("pbc/neutrophil", 4), _load("bccd_cropped/Neutrophil", 4)])
+    return np.concatenate([load_real("pbc/neutrophil", 4), load_real("bccd_cropped/Neutrophil", 4)])
 
 
 @pytest.mark.realdata

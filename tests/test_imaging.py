@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_real
 from PIL import Image
 from scipy import fft
 from skimage.color import hsv2rgb, rgb2hsv
@@ -25,23 +25,6 @@ from audit.synthetic import REFERENCE_SITE, SHIFTED_SITE, generate
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _data_root() -> Path:
-    return Path(os.environ.get("CELLAUDIT_DATA", REPO.parent / "shared" / "data"))
-
-
-def _load(folder: str, n: int, size: int = 224) -> np.ndarray:
-    """The first `n` images of a folder, centre-cropped and resized like audit.data.load_image."""
-    paths = sorted((_data_root() / folder).glob("*.jpg"))[:n]
-    assert len(paths) == n, f"expected {n} images in {_data_root() / folder}"
-    out = []
-    for path in paths:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            side = min(im.size)
-            left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
-            out.append(np.asarray(im))
-    return np.stack(out)
 
 
 def _toy_smear(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +187,7 @@ def test_mask_same_at_any_size_ratio():
 @pytest.mark.realdata
 @pytest.mark.parametrize("folder", ["pbc/neutrophil", "bccd_cropped/Neutrophil"])
 def test_mask_on_real_neutrophils(folder):
-    images = _load(folder, 10)
+    images = load_real(folder, 10)
     masks = white_cell_mask(images)
     fraction = masks.mean(axis=(1, 2))
     centre = masks[:, 96:128, 96:128].mean(axis=(1, 2))  # the crops are centred on the cell
@@ -254,7 +237,7 @@ def test_phash_distances(smears):
 
 @pytest.mark.realdata
 def test_phash_on_real_images():
-    images = np.concatenate([_load("pbc/neutrophil", 10), _load("bccd_cropped/Neutrophil", 10)])
+    images = np.concatenate([load_real("pbc/neutrophil", 10), load_real("bccd_cropped/Neutrophil", 10)])
     hashes = perceptual_hash(images)
     assert np.diag(hamming_distance_matrix(hashes, perceptual_hash(_jpeg_brighter(images, 60, 12)))).max() <= 8
     d = hamming_distance_matrix(hashes, hashes)[np.triu_indices(20, 1)]

@@ -13,7 +13,6 @@ import pytest
 from conftest import REPO
 
 from audit.cli import main
-from audit.synthetic import SHIFTED_SITE, write_site
 from reports.context import SECTION_TITLES
 
 pytestmark = pytest.mark.slow
@@ -22,10 +21,6 @@ CHROMIUM = os.environ.get("CELLAUDIT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
-TRAIN = ["--weights", "none", "--input-size", "32", "--alpha", "0.35", "--head-epochs", "0",
-         "--finetune-epochs", "3", "--finetune-from", "Conv1", "--finetune-lr", "1e-3",
-         "--patience", "3", "--no-affine", "--no-stain", "--seed", "0"]
 # Small budgets: the browser test checks the page, not the statistics.
 BUDGET = ["--set", "checks.performance.n_boot=200", "--set", "checks.shift.n_boot=200",
           "--set", "checks.shift.n_perm=50", "--set", "checks.robustness.max_images=48",
@@ -33,20 +28,15 @@ BUDGET = ["--set", "checks.performance.n_boot=200", "--set", "checks.shift.n_boo
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    """synth -> train tiny -> run: the report.html that `audit run` wrote."""
-    root = tmp_path_factory.mktemp("browser")
-    write_site(root / "train", n_images=240, size=32, seed=0, classes=CLASSES)
-    write_site(root / "heldout", n_images=120, size=32, seed=1, classes=CLASSES)
-    write_site(root / "site_b", n_images=80, size=32, seed=2, classes=CLASSES,
-               domain=SHIFTED_SITE, site_name="b")
-    model = root / "m.keras"
-    assert main(["train", str(root / "train"), "--out", str(model), *TRAIN]) == 0
-    out = root / "out"
-    code = main(["run", "--model", str(model), "--data", f"train={root / 'train'}",
-                 "--data", f"heldout={root / 'heldout'}", "--data",
-                 f"shifted:site_b={root / 'site_b'}", "--out", str(out), "--no-cache", *BUDGET])
-    assert code in (0, 1)  # statuses of a 3-epoch model vary; the report must exist either way
+def report(tiny_model, synthetic_sites, tmp_path_factory) -> Path:
+    """The report.html that `audit run` wrote for the shared tiny model and synthetic sites."""
+    out = tmp_path_factory.mktemp("browser") / "out"
+    code = main(["run", "--model", str(tiny_model),
+                 "--data", f"train={synthetic_sites['train']}",
+                 "--data", f"heldout={synthetic_sites['heldout']}", "--data",
+                 f"shifted:site_b={synthetic_sites['site_b']}", "--out", str(out), "--no-cache",
+                 *BUDGET])
+    assert code in (0, 1)  # statuses of a briefly trained model vary; the report must exist
     assert (out / "report.html").is_file()
     return out / "report.html"
 
