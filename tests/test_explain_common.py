@@ -16,17 +16,17 @@ CHEAP = {**EXPLAIN_DEFAULTS, "shap_max_evals": 40, "lime_num_samples": 30, "lime
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def untrained_model():
     from model.build import build_classifier
 
     return build_classifier(2, input_size=32, alpha=0.35, weights=None)
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_model):
+def predictor(untrained_model):
     from audit.predict import Predictor
 
-    return Predictor(tiny_model, batch_size=32)  # one traced forward pass for the module
+    return Predictor(untrained_model, batch_size=32)  # one traced forward pass for the module
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,9 @@ def test_registry_holds_the_three_methods():
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_explainer_contract(name, tiny_model, predictor, images):
+def test_explainer_contract(name, untrained_model, predictor, images):
     targets = np.array([0, 1, 1])
-    first = make_explainer(name, tiny_model, CHEAP, seed=7, predictor=predictor)
+    first = make_explainer(name, untrained_model, CHEAP, seed=7, predictor=predictor)
     maps = first.explain(images, targets)
     assert maps.shape == (3, 32, 32)
     assert maps.dtype == np.float32
@@ -51,7 +51,7 @@ def test_explainer_contract(name, tiny_model, predictor, images):
     assert np.abs(maps).max() <= 1.0 + 1e-6
     if not first.signed:
         assert maps.min() >= 0.0
-    again = make_explainer(name, tiny_model, CHEAP, seed=7, predictor=predictor).explain(
+    again = make_explainer(name, untrained_model, CHEAP, seed=7, predictor=predictor).explain(
         images, targets)
     np.testing.assert_array_equal(maps, again)
     info = first.info()
@@ -59,8 +59,8 @@ def test_explainer_contract(name, tiny_model, predictor, images):
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_explainer_rejects_bad_inputs_and_handles_empty(name, tiny_model, predictor, images):
-    explainer = make_explainer(name, tiny_model, CHEAP, seed=0, predictor=predictor)
+def test_explainer_rejects_bad_inputs_and_handles_empty(name, untrained_model, predictor, images):
+    explainer = make_explainer(name, untrained_model, CHEAP, seed=0, predictor=predictor)
     with pytest.raises(ValueError, match="targets"):
         explainer.explain(images, np.array([0]))
     with pytest.raises(ValueError, match="shape"):
@@ -69,8 +69,8 @@ def test_explainer_rejects_bad_inputs_and_handles_empty(name, tiny_model, predic
 
 
 @pytest.mark.parametrize("name", ["shap", "lime"])
-def test_perturbation_methods_count_their_forward_passes(name, tiny_model, predictor, images):
-    explainer = make_explainer(name, tiny_model, CHEAP, seed=0, predictor=predictor)
+def test_perturbation_methods_count_their_forward_passes(name, untrained_model, predictor, images):
+    explainer = make_explainer(name, untrained_model, CHEAP, seed=0, predictor=predictor)
     before = explainer.forward_passes
     explainer.explain(images[:2], np.array([0, 1]))
     expected = 2 * (CHEAP["shap_max_evals"] if name == "shap" else CHEAP["lime_num_samples"])

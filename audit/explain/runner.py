@@ -1,0 +1,441 @@
+"""`explain_audit(ctx)`: explain selected images of every evaluated set with every method, score
+the maps (faithfulness vs random, sanity, cell focus, stability), store them, return the dict
+that audit.json keeps under "explanations" (layout: docs in `explain_audit`).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+from PIL import Image
+
+from audit.errors import UsageError
+from audit.explain.base import make_explainer
+from audit.explain.cellfocus import aggregate_focus, focus_scores
+from audit.explain.faithfulness import (
+    BASELINES,
+    deletion_auc,
+    gain_over_random,
+    insertion_auc,
+    make_baseline,
+    random_maps,
+)
+from audit.explain.sanity import randomised_copy, rank_correlations
+from audit.explain.selection import select_images
+from audit.explain.stability import stability_correlations
+from audit.results import clean
+
+__all__ = ["explain_audit", "FLAG_MEANINGS", "LAYOUT_VERSION"]
+
+LAYOUT_VERSION = 1
+FLAG_MEANINGS = {
+    "not_better_than_random": "deletion/insertion no better than smooth random maps",
+    "unchanged_by_randomisation": "maps barely change when the model's top layers are "
+                                  "re-initialised",
+    "unstable_under_corruption": "maps change a lot under mild image corruptions",
+}
+_NAMES = {"gradcam": "Grad-CAM", "shap": "SHAP", "lime": "LIME"}
+
+
+def explain_audit(ctx) -> dict:
+    """Explanations for `audit run`, as a strict-JSON dict (None where a number is undefined).
+
+    {"layout_version": 1,
+     "methods": {m: {"signed": bool, "description": str, "score": "logit"|"probability",
+                     ...method settings ("layer", "max_evals", "num_samples", ...),
+                     "sanity_reinitialised_layers": [layer names]?,
+                     "flags": [flag, ...]  (union over datasets),
+                     "timing": {"seconds", "seconds_per_image", "forward_passes",
+                                "gradient_passes", "images", "evaluation_seconds"}}
+                 | {"error": str, "flags": []}},
+     "datasets": {d: {"role": "heldout"|"shifted", "n_images": K,
+                      "artifact": "artifacts/explanations_<d>.npz" | None,
+                      "artifact_size": px | None,
+                      "images": [{"index", "path", "label", "label_name", "target",
+                                  "target_name", "confidence", "correct",
+                                  "reason": "correct"|"error"|"confident_error"}]  (npz order),
+                      "cell_area_share": float | None,
+                      "random": {"faithfulness": F, "cell_focus": C} | None,
+                      "methods": {m: {"faithfulness": F + {"gain_vs_random": {"value", "low",
+                                                                            "high"}},
+                                      "cell_focus": C,
+                                      "sanity": {"spearman", "n", "images": [i], "per_image"}
+                                                | {"error": str} | None,
+                                      "stability": {"spearman", "severity",
+                                                    "per_corruption": {c: mean},
+                                                    "per_image": {c: [K]}}
+                                                   | {"error": str} | None,
+                                      "flags": [flag, ...]}
+                                  | {"error": str}}}},
+     "flag_meanings": {flag: sentence}, "summary": [sentence, ...],
+     "timing": {"selection", "faithfulness", "cell_focus", "sanity", "stability", "total"}}
+
+    F = {"deletion_auc", "insertion_auc" (means), "deletion": [K], "insertion": [K]};
+    C = {"mass_share", "area_share", "focus_ratio", "n", "per_class": {class: {"mass_share",
+    "area_share", "focus_ratio", "n"}}, "per_image": [K mass shares]}.
+    The npz holds images (K, s, s, 3) uint8, masks (K, s, s) bool, maps_<m> (K, s, s) float16
+    (normalised: [0, 1] unsigned, [-1, 1] signed), indices, targets, labels, paths, reasons,
+    confidence. Seconds vary between runs; everything else is fixed by the seed.
+    """
+    cfg = ctx.config["explain"]
+    started = time.perf_counter()
+    model = getattr(ctx.predictor, "model", None)
+    if model is None:
+        return clean({"layout_version": LAYOUT_VERSION, "skipped": "no model to explain"})
+    from audit.explain import load_builtin_explainers
+    from audit.predict import Predictor
+
+    _check_config(cfg, list(load_builtin_explainers()))
+    predictor = ctx.predictor  # already traced: reuse it when its batch size is the one asked
+    if getattr(predictor, "batch_size", None) != int(cfg["batch_size"]):
+        predictor = Predictor(model, batch_size=int(cfg["batch_size"]))
+    run = _Run(ctx, cfg, model, predictor)
+    datasets = {view.name: run.dataset(view) for view in ctx.evaluated}
+    methods = run.method_entries(datasets)
+    return clean({
+        "layout_version": LAYOUT_VERSION,
+        "methods": methods,
+        "datasets": datasets,
+        "flag_meanings": FLAG_MEANINGS,
+        "summary": _summary(datasets),
+        "timing": {**{k: round(v, 3) for k, v in run.timing.items()},
+                   "total": round(time.perf_counter() - started, 3)},
+    })
+
+
+def _check_config(cfg: dict, known: list[str]) -> None:
+    """Refuse settings that would fail later, naming the key and the accepted values."""
+    from audit.corruptions import CORRUPTIONS, SEVERITIES
+
+    for key in ("methods", "sanity_methods", "stability_methods"):
+        unknown = sorted(set(cfg[key]) - set(known))
+        if unknown:
+            raise UsageError(f"[explain] {key}: unknown method(s) {unknown}; known: {known}")
+    unknown = sorted(set(cfg["stability_corruptions"]) - set(CORRUPTIONS))
+    if unknown:
+        raise UsageError(f"[explain] stability_corruptions: unknown {unknown}; known: "
+                         f"{list(CORRUPTIONS)}")
+    if cfg["stability_severity"] not in SEVERITIES:
+        raise UsageError(f"[explain] stability_severity must be one of {list(SEVERITIES)}, "
+                         f"received {cfg['stability_severity']!r}")
+    if cfg["faithfulness_baseline"] not in BASELINES:
+        raise UsageError(f"[explain] faithfulness_baseline must be one of {list(BASELINES)}, "
+                         f"received {cfg['faithfulness_baseline']!r}")
+    for key in ("faithfulness_steps", "batch_size", "artifact_size", "random_grid"):
+        if int(cfg[key]) < 1:
+            raise UsageError(f"[explain] {key} must be >= 1, received {cfg[key]!r}")
+
+
+def _detail(exc: BaseException) -> str:
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+class _Run:
+    """State shared across datasets: explainers, their randomised twins, counters."""
+
+    def __init__(self, ctx, cfg: dict, model, predictor):
+        self.ctx, self.cfg, self.model, self.predictor = ctx, cfg, model, predictor
+        self.explainers, self.errors = {}, {}
+        for name in cfg["methods"]:
+            try:
+                self.explainers[name] = make_explainer(name, model, cfg, seed=self._seed(name),
+                                                       predictor=predictor)
+            except Exception as exc:  # noqa: BLE001 - one broken method must not stop the others
+                self.errors[name] = _detail(exc)
+        self.timing = {"selection": 0.0, "faithfulness": 0.0, "cell_focus": 0.0,
+                       "sanity": 0.0, "stability": 0.0}
+        self.usage = {name: {"seconds": 0.0, "forward_passes": 0, "gradient_passes": 0,
+                             "images": 0, "evaluation_seconds": 0.0} for name in cfg["methods"]}
+        self._random_twins: dict | None = None
+        self.reinitialised: list[str] = []
+
+    def _seed(self, *keys) -> int:
+        return int(self.ctx.rng("explain", "seed", *keys).integers(2**31))
+
+    def random_twin(self, name: str):
+        """The explainer `name` on a copy of the model with re-initialised top layers."""
+        if self._random_twins is None:
+            from audit.predict import Predictor
+
+            copy, self.reinitialised = randomised_copy(
+                self.model, n_layers=int(self.cfg["sanity_reinit_layers"]),
+                rng=self.ctx.rng("explain", "randomise"))
+            self._random_twins = {"model": copy, "predictor": Predictor(
+                copy, batch_size=int(self.cfg["batch_size"]))}
+        twins = self._random_twins
+        if name not in twins:
+            twins[name] = make_explainer(name, twins["model"], self.cfg, seed=self._seed(name),
+                                         predictor=twins["predictor"])
+        return twins[name]
+
+    def dataset(self, view) -> dict:
+        from audit.data import read_images
+        from audit.imaging import white_cell_mask
+
+        cfg, ctx = self.cfg, self.ctx
+        t0 = time.perf_counter()
+        selection = select_images(
+            view.labels, view.probs, correct_per_class=int(cfg["correct_per_class"]),
+            errors_per_class=int(cfg["errors_per_class"]),
+            most_confident_errors=int(cfg["most_confident_errors"]),
+            rng=ctx.rng("explain", view.name))
+        idx = selection.indices
+        entry = {"role": view.role, "n_images": len(idx), "artifact": None, "artifact_size": None,
+                 "images": [], "cell_area_share": None, "random": None, "methods": {}}
+        if len(idx) == 0:
+            return entry
+        images = read_images([view.dataset.paths[i] for i in idx], ctx.image_size)
+        targets = view.predictions[idx].astype(np.int64)
+        labels = view.labels[idx].astype(np.int64)
+        confidence = view.probs[idx, targets]
+        relative = view.dataset.relative_paths
+        rel_paths = [relative[i] for i in idx]
+        entry["images"] = [
+            {"index": int(i), "path": p, "label": int(y), "label_name": ctx.class_names[y],
+             "target": int(t), "target_name": ctx.class_names[t], "confidence": float(c),
+             "correct": bool(y == t), "reason": r}
+            for i, p, y, t, c, r in zip(idx, rel_paths, labels, targets, confidence,
+                                        selection.reasons, strict=True)]
+        masks = white_cell_mask(images)
+        entry["cell_area_share"] = float(masks.mean())
+        self.timing["selection"] += time.perf_counter() - t0
+
+        scorer = _Scorer(self, view.name, images, targets, labels, masks)
+        entry["random"] = scorer.random_entry()
+        all_maps = {}
+        for name in cfg["methods"]:
+            if name in self.errors:
+                entry["methods"][name] = {"error": self.errors[name]}
+                continue
+            try:
+                maps = self._explain(name, images, targets)
+                entry["methods"][name] = scorer.score(name, maps)
+                all_maps[name] = maps
+            except Exception as exc:  # noqa: BLE001 - keep the other methods' results
+                entry["methods"][name] = {"error": _detail(exc)}
+        entry.update(self._save(view.name, images, all_maps, masks, idx, targets, labels,
+                                rel_paths, selection.reasons, confidence))
+        return entry
+
+    def _explain(self, name: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        explainer, usage = self.explainers[name], self.usage[name]
+        before_f, before_g = self.predictor.n_images, getattr(explainer, "gradient_passes", 0)
+        t0 = time.perf_counter()
+        maps = explainer.explain(images, targets)
+        usage["seconds"] += time.perf_counter() - t0
+        usage["forward_passes"] += self.predictor.n_images - before_f
+        usage["gradient_passes"] += getattr(explainer, "gradient_passes", 0) - before_g
+        usage["images"] += len(images)
+        return maps
+
+    def _save(self, dataset: str, images, all_maps, masks, idx, targets, labels, paths,
+              reasons, confidence) -> dict:
+        size = min(int(self.cfg["artifact_size"]), images.shape[1])
+        arrays = {
+            "images": _resize_images(images, size),
+            "masks": _resize_maps(masks.astype(np.float32), size) >= 0.5,
+            "indices": np.asarray(idx, np.int64), "targets": targets, "labels": labels,
+            "paths": np.array(paths), "reasons": np.array(reasons),
+            "confidence": np.asarray(confidence, np.float32),
+            **{f"maps_{m}": _resize_maps(maps, size).astype(np.float16)
+               for m, maps in all_maps.items()},
+        }
+        return {"artifact": self.ctx.save_artifact(f"explanations_{dataset}", **arrays),
+                "artifact_size": size}
+
+    def method_entries(self, datasets: dict) -> dict:
+        out = {}
+        for name in self.cfg["methods"]:
+            if name in self.errors:
+                out[name] = {"error": self.errors[name], "flags": []}
+                continue
+            flags = sorted({f for d in datasets.values()
+                            for f in d["methods"].get(name, {}).get("flags", [])})
+            usage = dict(self.usage[name])
+            usage["seconds_per_image"] = usage["seconds"] / max(usage["images"], 1)
+            info = self.explainers[name].info()
+            if name in self.cfg["sanity_methods"] and self.reinitialised:
+                info["sanity_reinitialised_layers"] = self.reinitialised
+            out[name] = {**info, "flags": flags, "timing": usage}
+        return out
+
+
+class _Scorer:
+    """Scores for one dataset's selected images: faithfulness, focus, sanity, stability."""
+
+    def __init__(self, run: _Run, dataset: str, images, targets, labels, masks):
+        self.run, self.cfg, self.dataset = run, run.cfg, dataset
+        self.images, self.targets, self.labels, self.masks = images, targets, labels, masks
+        self.baseline = make_baseline(images, kind=self.cfg["faithfulness_baseline"],
+                                      blur_fraction=float(self.cfg["faithfulness_blur_fraction"]))
+        rng = run.ctx.rng("explain", dataset, "random_maps")
+        self.random_maps = random_maps(len(images), *images.shape[1:3], rng=rng,
+                                       grid=int(self.cfg["random_grid"]))
+        self.random_faith = self._faithfulness("random", self.random_maps)
+
+    def _faithfulness(self, name: str, maps) -> dict:
+        t0 = time.perf_counter()
+        common = {"steps": int(self.cfg["faithfulness_steps"]), "baseline": self.baseline}
+        predict = self.run.predictor.probs
+        rng = self.run.ctx.rng("explain", self.dataset, "ties", name)
+        deletion = deletion_auc(self.images, maps, self.targets, predict, rng=rng, **common)
+        insertion = insertion_auc(self.images, maps, self.targets, predict, rng=rng, **common)
+        self.run.timing["faithfulness"] += time.perf_counter() - t0
+        return {"deletion_auc": float(np.mean(deletion)), "insertion_auc": float(np.mean(insertion)),
+                "deletion": deletion, "insertion": insertion}
+
+    def _focus(self, maps) -> dict:
+        t0 = time.perf_counter()
+        scores = focus_scores(maps, self.masks)
+        out = aggregate_focus(scores, self.labels, self.run.ctx.class_names)
+        out["per_image"] = scores["mass_share"]
+        self.run.timing["cell_focus"] += time.perf_counter() - t0
+        return out
+
+    def random_entry(self) -> dict:
+        return {"faithfulness": self.random_faith, "cell_focus": self._focus(self.random_maps)}
+
+    def score(self, name: str, maps) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        faith = self._faithfulness(name, maps)
+        faith["gain_vs_random"] = gain_over_random(
+            faith["deletion"], faith["insertion"], self.random_faith["deletion"],
+            self.random_faith["insertion"], rng=self.run.ctx.rng("explain", self.dataset,
+                                                                 "boot", name),
+            n_boot=int(cfg["n_boot"]))
+        entry = {"faithfulness": faith, "cell_focus": self._focus(maps), "sanity": None,
+                 "stability": None, "flags": []}
+        # Flag unless the whole 95% interval of the gain is above the minimum.
+        if not faith["gain_vs_random"]["low"] > float(cfg["faithfulness_min_gain"]):
+            entry["flags"].append("not_better_than_random")
+        if cfg["sanity"] and name in cfg["sanity_methods"]:
+            entry["sanity"] = _guarded(self._sanity, name, maps)
+            rho = entry["sanity"].get("spearman", float("nan"))
+            if _above(rho, float(cfg["sanity_max_correlation"])):
+                entry["flags"].append("unchanged_by_randomisation")
+        if cfg["stability"] and name in cfg["stability_methods"] and cfg["stability_corruptions"]:
+            entry["stability"] = _guarded(self._stability, name, maps)
+            rho = entry["stability"].get("spearman", float("nan"))
+            if _above(float(cfg["stability_min_correlation"]), rho):
+                entry["flags"].append("unstable_under_corruption")
+        self.run.usage[name]["evaluation_seconds"] += time.perf_counter() - t0
+        return entry
+
+    def _sanity(self, name: str, maps) -> dict:
+        t0 = time.perf_counter()
+        picked = _spread(len(self.images), int(self.cfg["sanity_max_images"]))
+        twin = self.run.random_twin(name)
+        randomised = twin.explain(self.images[picked], self.targets[picked])
+        rho = rank_correlations(maps[picked], randomised)
+        self.run.timing["sanity"] += time.perf_counter() - t0
+        return {"spearman": _nanmean(rho), "n": len(picked), "images": picked, "per_image": rho}
+
+    def _stability(self, name: str, maps) -> dict:
+        t0 = time.perf_counter()
+        severity = int(self.cfg["stability_severity"])
+        per = stability_correlations(
+            self.run.explainers[name], self.images, self.targets, maps,
+            corruptions=list(self.cfg["stability_corruptions"]), severity=severity,
+            seed=self.run._seed(self.dataset, "stability"))
+        self.run.timing["stability"] += time.perf_counter() - t0
+        pooled = np.concatenate(list(per.values()))
+        return {"spearman": _nanmean(pooled), "severity": severity,
+                "per_corruption": {c: _nanmean(v) for c, v in per.items()}, "per_image": per}
+
+
+def _guarded(score, *args) -> dict:
+    """A secondary score, or {"error": ...}: it must not discard the method's other scores."""
+    try:
+        return score(*args)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": _detail(exc)}
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """Up to k indices evenly spread over range(n): selections are ordered by class."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, max(k, 0))).round().astype(np.int64))
+
+
+def _nanmean(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _above(value: float, threshold: float) -> bool:
+    return bool(np.isfinite(value) and np.isfinite(threshold) and value > threshold)
+
+
+def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1] == size:
+        return images.copy()
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BOX))
+                     for im in images])
+
+
+def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[1] == size:
+        return maps.copy()
+    return np.stack([np.asarray(Image.fromarray(m).resize((size, size),
+                                                                     Image.Resampling.BOX))
+                     for m in maps])
+
+
+def _percent(x) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _summary(datasets: dict) -> list[str]:
+    """Plain sentences with the key numbers, for the report."""
+    lines = _focus_shift_lines(datasets)
+    for dname, d in datasets.items():
+        for m, scores in d.get("methods", {}).items():
+            focus = scores.get("cell_focus") or {}
+            if focus.get("mass_share") is not None and np.isfinite(focus["mass_share"]):
+                lines.append(
+                    f"On {dname}, {_NAMES.get(m, m)} puts {_percent(focus['mass_share'])} of its "
+                    f"positive attribution on the white cell, which covers "
+                    f"{_percent(focus['area_share'])} of the image (focus ratio "
+                    f"{focus['focus_ratio']:.2f}; 1 = no preference).")
+            for flag in scores.get("flags", []):
+                lines.append(f"{_NAMES.get(m, m)} is flagged on {dname}: "
+                             f"{FLAG_MEANINGS[flag]}{_evidence(flag, scores)}.")
+    return lines
+
+
+def _focus_ratio(entry: dict, method: str) -> float | None:
+    ratio = ((entry.get("methods") or {}).get(method) or {}).get("cell_focus", {}).get("focus_ratio")
+    return ratio if ratio is not None and np.isfinite(ratio) else None
+
+
+def _focus_shift_lines(datasets: dict) -> list[str]:
+    """Where does the model look on a shifted set, compared with the reference?"""
+    reference = next(((n, d) for n, d in datasets.items() if d["role"] == "heldout"), None)
+    if reference is None:
+        return []
+    ref_name, ref = reference
+    lines = []
+    for name, entry in datasets.items():
+        if entry["role"] != "shifted":
+            continue
+        for method in entry["methods"]:
+            here, there = _focus_ratio(entry, method), _focus_ratio(ref, method)
+            if here is not None and there is not None:
+                lines.append(f"{_NAMES.get(method, method)}: focus on the white cell is "
+                             f"{here:.2f} on {name} against {there:.2f} on {ref_name} "
+                             f"(attribution share on the cell / cell area share).")
+    return lines
+
+
+def _evidence(flag: str, scores: dict) -> str:
+    if flag == "not_better_than_random":
+        gain = scores["faithfulness"]["gain_vs_random"]["value"]
+        return f" (insertion minus deletion AUC gain over random {gain:+.3f})"
+    if flag == "unchanged_by_randomisation":
+        return f" (Spearman {scores['sanity']['spearman']:.2f})"
+    if flag == "unstable_under_corruption":
+        return f" (Spearman {scores['stability']['spearman']:.2f})"
+    return ""
