@@ -75,8 +75,9 @@ class Predictor:
         self.batch_size = batch_size
         self.n_images = 0
         forward = forward_model(model)
-        # One traced function for every batch: eager per-call overhead dominates on CPU.
-        self._run = tf.function(lambda x: forward(x, training=False), reduce_retracing=True)
+        # One trace for every batch size: eager per-call overhead dominates on CPU.
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        self._run = tf.function(lambda x: forward(x, training=False), input_signature=[spec])
 
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits float64 (N, C), embeddings float32 (N, D)) for uint8 or float images."""
