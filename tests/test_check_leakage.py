@@ -1,5 +1,7 @@
 """Leakage check: planted copies (hash, embedding, identical files) are found, a null has none,
-share/accuracy/gap arithmetic by hand, thresholds, edge cases, artifact and JSON."""
+share/accuracy/gap arithmetic by hand, thresholds, edge cases, artifact and JSON; the set-level
+estimate finds a planted share of copies too altered to match one by one, and reads a set of
+distinct cells as none even where same-class images are much alike."""
 
 from __future__ import annotations
 
@@ -9,11 +11,20 @@ import numpy as np
 import pytest
 from conftest import logits_for, make_context, make_view
 
-from audit.checks.leakage import LeakageCheck, accuracy_by_copy, leak_gap_share
-from audit.duplicates import exact_matches, file_digests, find_matches
+from audit.checks.leakage import (
+    LeakageCheck,
+    accuracy_by_copy,
+    excess_share,
+    leak_gap_share,
+    nearest_excess,
+    set_level_share,
+)
+from audit.duplicates import class_matched_nearest, exact_matches, file_digests, find_matches
 from audit.results import Status
 
 AB = ("a", "b")
+ABCD = ("a", "b", "c", "d")
+FAST = "checks.leakage.n_boot=200"
 
 
 def _hashes(n, seed):
@@ -34,7 +45,7 @@ def _view(name, role, correct, *, phash, seed=0, labels=None, **kw):
 
 
 def _run(views, tmp_path, *overrides, seed=0):
-    ctx = make_context(views, tmp_path=tmp_path, seed=seed, overrides=list(overrides))
+    ctx = make_context(views, tmp_path=tmp_path, seed=seed, overrides=[FAST, *overrides])
     result = LeakageCheck().run(ctx)
     return result, json.loads(json.dumps(result.to_dict(), allow_nan=False)), ctx
 
@@ -122,12 +133,12 @@ def test_dihedral_hashes_and_embeddings_and_shifted_overlap(tmp_path):
     held_h[:6, 3] = train_h[:6, 0]           # a rotated copy: only orientation 3 matches
     rng = np.random.default_rng(0)
     train_e, held_e = rng.normal(size=(60, 16)), rng.normal(size=(30, 16))
-    held_e[10:13] = 2 * train_e[40:43] + rng.normal(scale=0.01, size=(3, 16))  # embedding copies
+    held_e[6:18] = 2 * train_e[40:52] + rng.normal(scale=0.01, size=(12, 16))  # embedding copies
     shift_h = np.stack([_hashes(20, 30 + s) for s in range(8)], axis=1)
     shift_h[:4, 0] = held_h[20:24, 0]       # the shifted set shares 4 cells with heldout
     held_labels = np.arange(30) % 2
     train_labels = np.arange(60) % 2
-    train_labels[:6], train_labels[40:43] = held_labels[:6], held_labels[10:13]
+    train_labels[:6], train_labels[40:52] = held_labels[:6], held_labels[6:18]
     shift_labels = np.arange(20) % 2
     shift_labels[:4] = held_labels[20:24]
     train = _view("train", "train", np.ones(60, bool), phash=train_h, embeddings=train_e,
@@ -138,8 +149,10 @@ def test_dihedral_hashes_and_embeddings_and_shifted_overlap(tmp_path):
                     embeddings=rng.normal(size=(20, 16)), labels=shift_labels)
     result, data, _ = _run([train, held, shifted], tmp_path)
     against = data["metrics"]["datasets"]["heldout"]["against"]["train"]
-    assert against["by_criterion"] == {"exact": 0, "hash": 6, "embedding": 3}
-    assert against["n_with_copy"] == 9
+    # 12 of 30 embedding copies: enough for the set-level test that embedding matches need.
+    assert against["set_level"]["counted_share"] > 0
+    assert against["by_criterion"] == {"exact": 0, "hash": 6, "embedding": 12}
+    assert against["n_with_copy"] == 18
     overlap = data["metrics"]["datasets"]["site_b"]["against"]["heldout"]
     assert overlap["n_with_copy"] == 4
     assert any(f.kind == "test_overlap" and f.dataset == "site_b" for f in result.findings)
@@ -245,3 +258,196 @@ def test_null_is_sampled_on_large_sets(tmp_path, monkeypatch):
     assert against["thresholds"]["n_null"] == 30 and against["n_with_copy"] == 20
     _, again, _ = _run([train, held, shifted], tmp_path)
     assert again["metrics"] == data["metrics"]
+
+
+# --- set level -------------------------------------------------------------------------------
+
+def _embedding_sets(seed, *, share, n_train=600, n_held=300, d=64, sep=0.3, noise=0.8):
+    """4 classes (means `sep` x N(0, I) apart) of N(0, I) images; the first `share` of the
+    held-out vectors are a same-class train vector + `noise` x N(0, I): cosine ~0.91 to their
+    source, below the per-image threshold of 0.95, above the ~0.79 of unrelated cells."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(4, d)) * sep
+    train_labels, held_labels = np.arange(n_train) % 4, np.arange(n_held) % 4
+    train = means[train_labels] + rng.normal(size=(n_train, d))
+    held = means[held_labels] + rng.normal(size=(n_held, d))
+    k = int(share * n_held)
+    source = np.array([rng.choice(np.flatnonzero(train_labels == c)) for c in held_labels[:k]],
+                      dtype=int)
+    held[:k] = train[source] + noise * rng.normal(size=(k, d))
+    return train_labels, train, held_labels, held
+
+
+def _emb_view(name, role, labels, embeddings, *, seed, correct=None):
+    correct = np.ones(len(labels), bool) if correct is None else correct
+    preds = np.where(correct, labels, (labels + 1) % 4)
+    return make_view(name, role, labels, logits_for(labels, preds, 4), class_names=ABCD,
+                     embeddings=embeddings, phash=_hashes(len(labels), seed))
+
+
+def test_set_level_finds_copies_the_per_image_threshold_misses(tmp_path):
+    train_labels, train, held_labels, held = _embedding_sets(0, share=0.4)
+    _, _, site_labels, site = _embedding_sets(100, share=0.0, n_held=200)
+    held_correct = np.arange(300) % 2 == 0                     # 50% against 100% on train
+    views = [_emb_view("train", "train", train_labels, train, seed=1),
+             _emb_view("heldout", "heldout", held_labels, held, seed=2, correct=held_correct),
+             _emb_view("site_b", "shifted", site_labels, site, seed=3)]
+    result, data, ctx = _run(views, tmp_path, FAST)
+    entry = data["metrics"]["datasets"]["heldout"]["against"]["train"]
+    s = entry["set_level"]
+    assert entry["share"] < 0.02                  # one by one, the copies go unnoticed
+    assert s["signal"] == "embedding" and abs(s["estimated_share"] - 0.4) < 0.1
+    assert s["low"] <= 0.4 <= s["high"] and s["low"] > 0.1
+    assert s["p_value"] < 1e-6 and s["statistic"] > 0.6 and s["n"] == 300
+    assert s["counted_share"] == s["low"] and set(s["signals"]) == {"embedding", "hash"}
+    assert "Storey" in s["method"]
+    # Fresh cells from the same distribution: nothing counted.
+    for r in ("train", "heldout"):
+        null = data["metrics"]["datasets"]["site_b"]["against"][r]["set_level"]
+        assert null["estimated_share"] < 0.2 and null["counted_share"] == 0.0
+    assert result.status == Status.FAIL         # lower bound > leak_share_fail
+    assert data["metrics"]["leaked_share"] < 0.02
+    assert data["metrics"]["set_level_leaked_share"] == s["low"]
+    pct = f"{100 * s['estimated_share']:.0f}%"
+    assert f"0% of heldout images have a near-copy in train (about {pct} by nearest-" in \
+        result.summary
+    leak = [f for f in result.findings if f.kind == "train_leak"]
+    assert len(leak) == 1 and leak[0].dataset == "heldout" and leak[0].gap_share is None
+    assert leak[0].text.startswith(f"Nearest-neighbour similarity shows about {pct} (95% CI "
+                                   f"{100 * s['low']:.0f}%-{100 * s['high']:.0f}%) of heldout "
+                                   "images are likely copies of train images, though only 0% "
+                                   "can be matched individually")
+    assert leak[0].impact == pytest.approx(s["estimated_share"] * (1.0 - 0.5))
+    assert "--group-split near-duplicates" in leak[0].action
+    with np.load(ctx.artifacts_dir / "leakage.npz") as arrays:
+        same = arrays["heldout__train__embedding_same_class"]
+        other = arrays["heldout__train__embedding_other_class"]
+    assert same.shape == other.shape == (300,)
+    assert np.median(same[:120]) > np.quantile(other, 0.9)  # the copies stand out
+
+
+def test_set_level_null_with_strong_class_structure_reads_no_copies(tmp_path):
+    """Distinct cells, classes far apart: each image's nearest same-class neighbour is far
+    more similar than its nearest other-class one, which raw similarity reads as copies."""
+    train_labels, train, held_labels, held = _embedding_sets(4, share=0.0, sep=1.5)
+    views = [_emb_view("train", "train", train_labels, train, seed=1),
+             _emb_view("heldout", "heldout", held_labels, held, seed=2)]
+    result, data, _ = _run(views, tmp_path, FAST)
+    s = data["metrics"]["datasets"]["heldout"]["against"]["train"]["set_level"]
+    assert s["estimated_share"] < 0.1 and s["counted_share"] == 0.0
+    assert result.status == Status.PASS and result.findings == []
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    raw_cos = lambda i, j: (unit(held[i]) @ unit(train[j]).T).max(axis=1)  # noqa: E731
+    observed, null = class_matched_nearest(held_labels, train_labels, raw_cos,
+                                           rng=np.random.default_rng(0))
+    assert excess_share(observed, null) > 0.9   # raw nearest cosine: "all copies"
+
+
+def test_excess_share_and_nearest_excess_by_hand():
+    null = np.arange(10.0)                       # median 4.5: F_null = 0.5
+    observed = np.r_[0, 1, 2, 3, np.full(6, 20.0)]  # 4 of 10 below: F_obs = 0.4
+    assert excess_share(observed, null) == pytest.approx(1 - 0.4 / 0.5)
+    assert excess_share(null, null) == 0.0
+    assert excess_share(np.zeros(4), null) < 0   # unclipped: fewer than the null
+    assert np.isnan(excess_share(np.empty(0), null))
+    # Row 0..10: q50 = 5, q90 = 9, max 10 -> (10 - 9) / (9 - 5); a flat row scores 0.
+    rows = np.stack([np.arange(11.0), np.full(11, 3.0)])
+    np.testing.assert_allclose(nearest_excess(rows, min_spread=0.5), [0.25, 0.0])
+    np.testing.assert_allclose(nearest_excess(rows + 100, min_spread=0.5), [0.25, 0.0])
+    np.testing.assert_allclose(nearest_excess(3 * rows, min_spread=0.5), [0.25, 0.0])
+
+
+def test_set_level_share_units():
+    rng = np.random.default_rng(0)
+    null = np.linspace(0.0, 1.0, 200)
+    observed = np.r_[np.linspace(0.0, 1.0, 120), np.full(80, 5.0)]  # 40% far above
+    out = set_level_share(observed, null, quantile=0.5, n_boot=200, rng=rng, groups=None,
+                          min_n=20)
+    assert out["estimated_share"] == pytest.approx(0.4)   # 1 - (60/200) / (100/200)
+    assert 0.25 < out["low"] < 0.4 < out["high"] < 0.55
+    assert out["p_value"] < 1e-6 and out["n"] == 200
+    # Copies resampled as groups of 10: a wider interval than 200 independent images.
+    groups = np.arange(200) // 10
+    grouped = set_level_share(observed, null, quantile=0.5, n_boot=200,
+                              rng=np.random.default_rng(1), groups=groups, min_n=20)
+    assert grouped["estimated_share"] == out["estimated_share"]
+    assert grouped["high"] - grouped["low"] > out["high"] - out["low"]
+    same = set_level_share(null, null, quantile=0.5, n_boot=50, rng=rng, groups=None, min_n=20)
+    assert same["estimated_share"] == 0.0 and same["p_value"] > 0.4
+    observed[:190] = np.nan                      # 10 images with both values < min_n
+    few = set_level_share(observed, null, quantile=0.5, n_boot=50, rng=rng, groups=None,
+                          min_n=20)
+    assert few["n"] == 10 and few["estimated_share"] is None and few["p_value"] is None
+
+
+def test_set_level_with_a_class_missing_from_train_and_with_one_class(tmp_path):
+    train_labels, train, held_labels, held = _embedding_sets(1, share=0.4)
+    keep = train_labels != 3                     # class d never trained on
+    views = [_emb_view("train", "train", train_labels[keep], train[keep], seed=1),
+             _emb_view("heldout", "heldout", held_labels, held, seed=2)]
+    _, data, _ = _run(views, tmp_path, FAST)
+    s = data["metrics"]["datasets"]["heldout"]["against"]["train"]["set_level"]
+    assert s["n"] == 225 and s["estimated_share"] > 0.2   # class-d images have no score
+    one = np.zeros(40, int)
+    views = [_emb_view("train", "train", one, train[:40], seed=1),
+             _emb_view("heldout", "heldout", one[:30], held[:30], seed=2)]
+    result, data, _ = _run(views, tmp_path, FAST)
+    s = data["metrics"]["datasets"]["heldout"]["against"]["train"]["set_level"]
+    assert s["n"] == 0 and s["estimated_share"] is None and s["counted_share"] == 0.0
+    assert result.status == Status.PASS
+
+
+def test_set_level_overlap_of_a_shifted_set_with_heldout(tmp_path):
+    rng = np.random.default_rng(7)
+    means = rng.normal(size=(4, 64)) * 0.3
+
+    def draw(n):
+        labels = np.arange(n) % 4
+        return labels, means[labels] + rng.normal(size=(n, 64))
+
+    (train_labels, train), (held_labels, held), (site_labels, site) = draw(600), draw(300), draw(200)
+    source = np.array([rng.choice(np.flatnonzero(held_labels == c)) for c in site_labels[:100]])
+    site[:100] = held[source] + 0.8 * rng.normal(size=(100, 64))   # half re-use heldout cells
+    site_correct = np.arange(200) % 4 != 0                          # 75% against 100%
+    views = [_emb_view("train", "train", train_labels, train, seed=1),
+             _emb_view("heldout", "heldout", held_labels, held, seed=2),
+             _emb_view("site_b", "shifted", site_labels, site, seed=3, correct=site_correct)]
+    result, data, _ = _run(views, tmp_path)
+    against = data["metrics"]["datasets"]["site_b"]["against"]
+    overlap = against["heldout"]["set_level"]
+    assert against["heldout"]["share"] < 0.02 and overlap["low"] <= 0.5 <= overlap["high"]
+    assert against["train"]["set_level"]["counted_share"] == 0.0
+    assert data["metrics"]["datasets"]["heldout"]["against"]["train"]["set_level"][
+        "counted_share"] == 0.0
+    assert result.status == Status.FAIL
+    [finding] = [f for f in result.findings if f.kind == "test_overlap"]
+    assert finding.dataset == "site_b" and finding.gap_share is None
+    assert "of site_b images are likely copies of heldout images" in finding.text
+    assert finding.text.endswith("site_b accuracy (75%) partly re-tests cells of heldout.")
+    assert finding.impact == pytest.approx(overlap["estimated_share"] * 0.25)
+    assert not any(f.kind == "train_leak" for f in result.findings)
+
+
+def test_classmates_close_in_a_trained_model_are_not_copies(tmp_path):
+    """Class-clustered embeddings (as a trained classifier's are) and no copies: no leak."""
+    from conftest import logits_for, make_context, make_view
+
+    from audit.checks.leakage import LeakageCheck
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 16)) * 10
+
+    def view(name, role, n, seed):
+        r = np.random.default_rng(seed)
+        labels = np.arange(n) % 2
+        emb = centres[labels] + r.normal(size=(n, 16)) * 0.3  # cosine to classmates ~0.99
+        hashes = r.integers(0, 2**63, size=(n, 8), dtype=np.uint64)
+        return make_view(name, role, labels, logits_for(labels, labels, 2), embeddings=emb,
+                         phash=hashes)
+
+    ctx = make_context([view("train", "train", 200, 1), view("heldout", "heldout", 100, 2)],
+                       tmp_path=tmp_path, overrides=["checks.leakage.n_boot=200"])
+    result = LeakageCheck().run(ctx)
+    against = result.metrics["datasets"]["heldout"]["against"]["train"]
+    assert against["n_with_copy"] == 0, against["by_criterion"]
+    assert result.status.value == "PASS"

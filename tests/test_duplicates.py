@@ -13,10 +13,12 @@ from audit.duplicates import (
     NO_MATCH_DISTANCE,
     calibrated_cosine_threshold,
     calibrated_hash_threshold,
+    class_matched_nearest,
     cross_class_null,
     dihedral_hashes,
     dihedral_transforms,
     find_matches,
+    hash_distances,
     hash_pairs,
     near_duplicate_clusters,
     near_duplicate_groups,
@@ -184,6 +186,43 @@ def test_cross_class_null_uses_other_classes_only():
     # class 0 query (hash 0) may only see ref 2 (64 bits away); class 1 sees refs 0, 1 (63, 64)
     assert sorted(null.tolist()) == [63, 64]
     assert cross_class_null(np.zeros(3), np.zeros(4), lambda i, j: i).size == 0
+
+
+def test_class_matched_nearest_pairs_own_class_with_as_many_of_one_other():
+    ref_labels = np.r_[np.zeros(6, int), np.ones(10, int), np.full(3, 2)]
+    count = {0: 6, 1: 10, 2: 3}
+    query_labels = np.array([0, 0, 1, 1, 1, 1, 3])  # class 3 has no reference images
+    calls = []
+
+    def nearest(queries, refs):
+        ref_classes = set(ref_labels[refs].tolist())
+        assert len(ref_classes) == 1 and len(set(query_labels[queries].tolist())) == 1
+        calls.append((int(query_labels[queries][0]), ref_classes.pop(), refs.size))
+        return np.full(queries.size, float(calls[-1][0] == calls[-1][1]))
+
+    observed, null = class_matched_nearest(query_labels, ref_labels, nearest,
+                                           rng=np.random.default_rng(0))
+    assert observed[:6].tolist() == [1.0] * 6 and null[:6].tolist() == [0.0] * 6
+    assert np.isnan(observed[6]) and np.isnan(null[6])
+    for (q_class, own, k_own), (q_again, other, k_other) in zip(calls[::2], calls[1::2],
+                                                                strict=True):
+        # Own class, then one other class, each with min(own, other) references.
+        assert q_class == own == q_again != other
+        assert k_own == k_other == min(count[own], count[other])
+    again = class_matched_nearest(query_labels, ref_labels, nearest, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(again[0], observed)
+
+
+def test_hash_distances_block_matches_nearest_hash_matches():
+    rng = np.random.default_rng(0)
+    query = rng.integers(0, 2**63, (7, 8), dtype=np.uint64)
+    ref = rng.integers(0, 2**63, (5, 8), dtype=np.uint64)
+    block = hash_distances(query, ref)
+    assert block.shape == (7, 5) and block.dtype == np.uint8
+    index, distance = nearest_hash_matches(query, ref)
+    np.testing.assert_array_equal(block.argmin(axis=1), index)
+    np.testing.assert_array_equal(block.min(axis=1), distance)
+    assert hash_distances(query[:, 0], ref[:, 0])[0, 0] == bin(int(query[0, 0] ^ ref[0, 0])).count("1")
 
 
 def test_calibrated_thresholds():
