@@ -1,0 +1,475 @@
+"""Gap attribution by intervention: how much of each shifted set's accuracy drop each suspected
+cause explains, measured by transforming images and predicting again.
+
+Factors (`audit.factors`): colour/stain, cell scale, sharpness, resolution/JPEG, background, and
+class priors. In the *undo* direction the shifted subsample is moved toward the reference and
+the accuracy recovered is measured; in the *reproduce* direction the reference subsample is
+moved toward the shifted set and the accuracy lost is measured. Every combination of the image
+factors is evaluated (at most 2^5 = 32, composed in `IMAGE_FACTORS` order): images are decoded
+once per batch and the combinations walked depth first, so a prefix's transform is computed
+once and only one batch per level is in memory. Priors are not an image transform: a subset
+with priors reweights per-class accuracy to the other set's class proportions, from the same
+predictions. Each factor's Shapley value of that game (in accuracy points) over the gap gives
+its share; `unexplained` = 1 - v(all factors) / gap. Per-image correctness of every subset is
+kept, so bootstrap intervals (resampling images, group-aware) need no new forward passes.
+"""
+
+from __future__ import annotations
+
+from math import factorial
+
+import numpy as np
+
+from audit.checks.base import AuditContext, Check, DatasetView, register
+from audit.checks.robustness import stratified_subsample
+from audit.data import Dataset, iter_batches, read_images
+from audit.drift import subsample
+from audit.factors import FACTORS, IMAGE_FACTORS, FactorSet, SetSample, fit_factors, step
+from audit.progress import progress
+from audit.results import CheckResult, Finding, Status
+from audit.stats import bootstrap_indices, interval
+
+__all__ = ["AttributionCheck", "DIRECTIONS", "shapley_matrix", "reweighted_accuracy",
+           "accuracy_table", "attribution_values", "subset_predictions", "subset_label",
+           "example_images"]
+
+DIRECTIONS = ("undo", "reproduce")
+_NOUNS = {"color": "colour", "scale": "cell scale", "sharpness": "sharpness",
+          "resolution": "resolution and JPEG quality", "background": "background",
+          "priors": "class proportions"}
+_SUBJECTS = {"color": "colour/stain", "scale": "cell scale (magnification)",
+             "sharpness": "focus/sharpness", "resolution": "resolution and JPEG compression",
+             "background": "background around the cell", "priors": "class proportions"}
+_ACTIONS = {
+    "color": "stain normalisation at the input (audit.stain) or stain/colour augmentation in "
+             "training (`audit train` keeps its --stain/--color augmentation on)",
+    "scale": "rescale images to a common cell size at the input, or scale augmentation",
+    "sharpness": "blur augmentation in training, and a focus check at the new site",
+    "resolution": "match the acquisition resolution and JPEG quality, or augment with "
+                  "down-sampling and JPEG compression",
+    "background": "crop tighter around the cell (or mask the background) at the input",
+    "priors": "recalibrate the class priors for the new site (prior-shift re-weighting)",
+}
+
+
+# ---- the Shapley game ---------------------------------------------------------------------------
+
+def shapley_matrix(n_players: int) -> np.ndarray:
+    """W (n, 2^n) with Shapley values = W @ v for a game v indexed by bitmask (bit i = player i):
+    phi_i = sum over S without i of |S|! (n - |S| - 1)! / n! (v(S + i) - v(S))."""
+    size = 1 << n_players
+    bits = np.array([bin(s).count("1") for s in range(size)])
+    weight = [factorial(k) * factorial(n_players - k - 1) / factorial(n_players)
+              for k in range(n_players)]
+    matrix = np.zeros((n_players, size))
+    for i in range(n_players):
+        without = np.array([s for s in range(size) if not s >> i & 1], dtype=int)
+        w = np.array([weight[bits[s]] for s in without])
+        matrix[i, without | 1 << i] += w
+        matrix[i, without] -= w
+    return matrix
+
+
+def reweighted_accuracy(correct: np.ndarray, labels: np.ndarray, weights: np.ndarray | None,
+                        n_classes: int) -> np.ndarray:
+    """Accuracy of each row of `correct` (M, n); with `weights` (C,), per-class accuracy weighted
+    by them, renormalised over the classes present (an absent class has no accuracy)."""
+    correct = np.atleast_2d(np.asarray(correct, dtype=float))
+    if weights is None:
+        return correct.mean(axis=1)
+    onehot = np.eye(n_classes)[np.asarray(labels)]
+    counts = onehot.sum(axis=0)
+    w = np.where(counts > 0, np.asarray(weights, float), 0.0)
+    if w.sum() <= 0:
+        return correct.mean(axis=1)
+    return (correct @ onehot / np.maximum(counts, 1)) @ (w / w.sum())
+
+
+def accuracy_table(correct: np.ndarray, labels: np.ndarray, *, other_priors: np.ndarray | None,
+                   n_classes: int) -> np.ndarray:
+    """Accuracy per subset: rows of `correct` (2^k image subsets), then, with `other_priors`,
+    the same reweighted to them (subset index + 2^k: the priors bit is the highest)."""
+    plain = reweighted_accuracy(correct, labels, None, n_classes)
+    if other_priors is None:
+        return plain
+    return np.concatenate([plain, reweighted_accuracy(correct, labels, other_priors, n_classes)])
+
+
+def _priors(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.bincount(labels, minlength=n_classes) / max(len(labels), 1)
+
+
+def attribution_values(ref_correct: np.ndarray, shifted_correct: np.ndarray,
+                       ref_labels: np.ndarray, shifted_labels: np.ndarray, *, n_classes: int,
+                       priors: bool, directions=DIRECTIONS) -> dict:
+    """{"gap", "<direction>": game values v (2^players,)} from per-subset correctness.
+
+    `ref_correct` (2^k or 1, n_ref) and `shifted_correct` (2^k or 1, n_shifted): row 0 is the
+    untransformed set, row s the set transformed by the image factors in bitmask s (toward the
+    other set). undo: v(S) = acc(shifted after S) - acc(shifted); reproduce: v(S) = acc(ref) -
+    acc(ref after S). With `priors`, the highest bit reweights to the other set's classes.
+    """
+    ref_labels, shifted_labels = np.asarray(ref_labels), np.asarray(shifted_labels)
+    p_ref, p_sh = _priors(ref_labels, n_classes), _priors(shifted_labels, n_classes)
+    out = {"gap": float(np.mean(ref_correct[0]) - np.mean(shifted_correct[0]))}
+    if "undo" in directions:
+        table = accuracy_table(shifted_correct, shifted_labels, n_classes=n_classes,
+                               other_priors=p_ref if priors else None)
+        out["undo"] = table - table[0]
+    if "reproduce" in directions:
+        table = accuracy_table(ref_correct, ref_labels, n_classes=n_classes,
+                               other_priors=p_sh if priors else None)
+        out["reproduce"] = table[0] - table
+    return out
+
+
+def subset_label(subset: int, names: list[str]) -> str:
+    return "+".join(n for i, n in enumerate(names) if subset >> i & 1) or "none"
+
+
+# ---- forward passes -----------------------------------------------------------------------------
+
+def _batch_seed(seed: int, first: int) -> int:
+    return int(np.random.SeedSequence([seed, first]).generate_state(1)[0])
+
+
+def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image_size: int,
+                       batch_size: int, seed: int, base_predictions: np.ndarray | None = None,
+                       desc: str = "attribution") -> tuple[np.ndarray, int]:
+    """(predicted class (2^k, N) int16 for every subset of the k factors, images predicted).
+
+    Depth first over factors in order: each node applies one factor to its parent's batch, so a
+    batch goes through 2^k - 1 transforms, not k 2^(k-1). Subsets differing only by identity
+    factors share predictions; `base_predictions` (the cached outputs) stand for subset 0.
+    """
+    k = len(factors.factors)
+    out = np.zeros((1 << k, len(dataset)), np.int16)
+    n_forward = 0
+    n_batches = -(-len(dataset) // batch_size)
+    batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
+    for images, indices in progress(batches, desc=desc, total=n_batches, unit="batch"):
+        batch_seed = _batch_seed(seed, int(indices[0]))
+        masks = factors.masks(images) if factors.needs_masks else None
+        stack = [(0, 0, images, masks)]
+        while stack:
+            j, subset, batch, batch_masks = stack.pop()
+            if j == k:
+                if subset == 0 and base_predictions is not None:
+                    out[0, indices] = base_predictions[indices]
+                else:
+                    out[subset, indices] = predictor.outputs(batch)[0].argmax(axis=1)
+                    n_forward += len(batch)
+                continue
+            stack.append((j + 1, subset, batch, batch_masks))
+            factor = factors.factors[j]
+            if not factor.identity:
+                stack.append((j + 1, subset | 1 << j,
+                              *step(factor, batch, batch_masks, seed=batch_seed)))
+    for subset in range(1 << k):  # identity factors: copy from the subset without them
+        for j, factor in enumerate(factors.factors):
+            if factor.identity and subset >> j & 1:
+                out[subset] = out[subset & ~(1 << j)]
+                break
+    return out, n_forward
+
+
+def example_images(images: np.ndarray, factors: FactorSet, *, seed: int,
+                   max_side: int = 96) -> dict[str, np.ndarray]:
+    """{"before", each factor alone, "all"}: uint8 copies of `images` at <= `max_side` px."""
+    from PIL import Image
+
+    masks = factors.masks(images) if factors.needs_masks else None
+    shown = {"before": images}
+    for factor in factors.factors:
+        shown[factor.name] = factors.apply(images, [factor.name], masks=masks, seed=seed)
+    shown["all"] = factors.apply(images, masks=masks, seed=seed)
+    side = min(max_side, images.shape[1])
+    return {name: np.stack([np.asarray(Image.fromarray(im).resize((side, side),
+                                                                  Image.Resampling.BILINEAR))
+                            for im in batch]) for name, batch in shown.items()}
+
+
+# ---- the check ----------------------------------------------------------------------------------
+
+def _interval(value: float, samples: np.ndarray) -> dict:
+    low, high = interval(samples)
+    return {"value": value, "low": low, "high": high}
+
+
+def _fit_sample(ctx: AuditContext, view: DatasetView, n: int, name: str) -> SetSample:
+    idx = subsample(len(view), n, rng=ctx.rng(name, "fit", view.name))
+    paths = [view.dataset.paths[i] for i in idx]
+    return SetSample.from_images(read_images(paths, ctx.image_size), paths=paths)
+
+
+@register
+class AttributionCheck(Check):
+    name = "attribution"
+    description = ("Share of each shifted set's accuracy drop explained by colour, cell scale, "
+                   "sharpness, resolution, background and class priors, measured by transforming "
+                   "images toward the other set (Shapley values, both directions).")
+    needs_model = True
+    DEFAULTS = {
+        "factors": list(FACTORS),       # any of color, scale, sharpness, resolution, background, priors
+        "directions": list(DIRECTIONS),  # undo (shifted -> reference) and/or reproduce
+        "color_method": "macenko",      # or "reinhard" (whole-image Lab statistics mix in content)
+        "allow_sharpen": False,         # undo a blurrier set by unsharp masking (else identity)
+        "max_images": 200,              # class-stratified per set; cost x (2^image factors - 1)
+        "fit_images": 128,              # per set, seeded, to fit the transforms (no labels)
+        "batch_size": 32,               # images decoded and transformed at once
+        "n_boot": 1000,                 # bootstrap resamples of images for the intervals
+        "min_gap": 0.02,                # shares only when the subsample gap exceeds this
+        "min_share": 0.10,              # a factor (or the unexplained part) becomes a finding
+        "explained_warn": 0.5,          # WARN: gap CI above 0 and less than this explained
+        "n_examples": 2,                # example images per factor and direction (<= 96 px)
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        cfg = ctx.check_config(self.name)
+        ref = ctx.reference
+        if ctx.predictor is None:
+            return CheckResult(self.name, Status.SKIP, "No model to predict transformed images.")
+        if not ctx.shifted:
+            return CheckResult(self.name, Status.SKIP, "No shifted dataset to attribute a gap "
+                               f"against the reference '{ref.name}'.",
+                               metrics={"reference": ref.name})
+        names, directions = self._validate(cfg)
+        ref_idx = stratified_subsample(ref.labels, int(cfg["max_images"]),
+                                       rng=ctx.rng(self.name, "subsample", ref.name))
+        ref_sample = _fit_sample(ctx, ref, int(cfg["fit_images"]), self.name)
+        metrics = {"reference": ref.name, "factors": names,
+                   "order": [n for n in IMAGE_FACTORS if n in names], "directions": directions,
+                   "color_method": cfg["color_method"], "n_forward_passes": 0, "datasets": {}}
+        findings, artifacts = [], {}
+        for view in ctx.shifted:
+            m, n_forward, files = self._measure(ctx, cfg, names, directions, ref, ref_idx,
+                                                ref_sample, view)
+            metrics["datasets"][view.name] = m
+            metrics["n_forward_passes"] += n_forward
+            artifacts.update(files)
+            findings += self._findings(cfg, ref.name, view.name, m, directions)
+        status, summary = self._status(cfg, ref.name, metrics["datasets"])
+        return CheckResult(self.name, status, summary, metrics=metrics, findings=findings,
+                           artifacts=artifacts)
+
+    @staticmethod
+    def _validate(cfg: dict) -> tuple[list[str], list[str]]:
+        names = list(dict.fromkeys(cfg["factors"]))
+        unknown = sorted(set(names) - set(FACTORS))
+        if unknown or not names:
+            raise ValueError(f"checks.attribution.factors: unknown {unknown} or empty; known: "
+                             f"{', '.join(FACTORS)}")
+        directions = [d for d in DIRECTIONS if d in cfg["directions"]]
+        if not directions or set(cfg["directions"]) - set(DIRECTIONS):
+            raise ValueError("checks.attribution.directions: expected some of "
+                             f"{list(DIRECTIONS)}, received {cfg['directions']}")
+        if cfg["color_method"] not in ("reinhard", "macenko"):
+            raise ValueError("checks.attribution.color_method: expected 'reinhard' or "
+                             f"'macenko', received {cfg['color_method']!r}")
+        ordered = [n for n in IMAGE_FACTORS if n in names] + (["priors"] if "priors" in names
+                                                                else [])
+        return ordered, directions
+
+    def _measure(self, ctx, cfg, names, directions, ref, ref_idx, ref_sample, view):
+        n_classes = len(ctx.class_names)
+        image_names = [n for n in names if n != "priors"]
+        sh_idx = stratified_subsample(view.labels, int(cfg["max_images"]),
+                                      rng=ctx.rng(self.name, "subsample", view.name))
+        sh_sample = _fit_sample(ctx, view, int(cfg["fit_images"]), self.name)
+        sets = {"undo": (view, sh_idx, sh_sample, ref_sample),
+                "reproduce": (ref, ref_idx, ref_sample, sh_sample)}
+        correct = {"undo": view.correct[sh_idx][None], "reproduce": ref.correct[ref_idx][None]}
+        fitted, arrays, examples, n_forward = {}, {}, {}, 0
+        for direction in directions:
+            source_view, idx, source, target = sets[direction]
+            seed = int(ctx.rng(self.name, view.name, direction).integers(2 ** 31))
+            factors = fit_factors(source, target, image_names, color_method=cfg["color_method"],
+                                  allow_sharpen=bool(cfg["allow_sharpen"]), seed=seed,
+                                  segment_in="target" if direction == "undo" else "source")
+            fitted[direction] = factors.describe()
+            predictions, n = subset_predictions(
+                source_view.dataset.subset(idx), factors, ctx.predictor,
+                image_size=ctx.image_size, batch_size=int(cfg["batch_size"]), seed=seed,
+                base_predictions=source_view.predictions[idx],
+                desc=f"attribution {view.name} {direction}")
+            n_forward += n
+            correct[direction] = predictions == source_view.labels[idx][None]
+            arrays.update({f"{direction}_predictions": predictions, f"{direction}_indices": idx,
+                           f"{direction}_labels": source_view.labels[idx]})
+            shown = example_images(source.images[:int(cfg["n_examples"])], factors, seed=seed)
+            examples.update({f"{direction}_{k}": v for k, v in shown.items()})
+        applied = {d: [n == "priors" or not fitted[d][n]["identity"] for n in names]
+                   for d in directions}
+        m = self._attribute(ctx, cfg, names, directions, ref, ref_idx, view, sh_idx, correct,
+                            n_classes, applied)
+        for direction in directions:
+            m["directions"][direction]["fitted"] = fitted[direction]
+        files = {
+            f"predictions_{view.name}": ctx.save_artifact(
+                f"attribution_{view.name}", subsets=np.array(
+                    [subset_label(s, image_names) for s in range(1 << len(image_names))]),
+                **arrays),
+            f"examples_{view.name}": ctx.save_artifact(f"attribution_examples_{view.name}",
+                                                       **examples)}
+        m["predictions"], m["examples"] = files[f"predictions_{view.name}"], \
+            files[f"examples_{view.name}"]
+        m["example_keys"] = sorted(examples)
+        return m, n_forward, files
+
+    def _attribute(self, ctx, cfg, names, directions, ref, ref_idx, view, sh_idx, correct,
+                   n_classes, applied) -> dict:
+        priors = "priors" in names
+        ref_labels, sh_labels = ref.labels[ref_idx], view.labels[sh_idx]
+        shap = shapley_matrix(len(names))
+
+        def values(r, s) -> dict:
+            return attribution_values(correct["reproduce"][:, r], correct["undo"][:, s],
+                                      ref_labels[r], sh_labels[s], n_classes=n_classes,
+                                      priors=priors, directions=directions)
+
+        point = values(np.arange(len(ref_idx)), np.arange(len(sh_idx)))
+        rng = ctx.rng(self.name, view.name, "bootstrap")
+        n_boot = int(cfg["n_boot"])
+        ref_groups = None if ref.groups is None else ref.groups[ref_idx]
+        sh_groups = None if view.groups is None else view.groups[sh_idx]
+        boots = [values(r, s) for r, s in zip(
+            bootstrap_indices(len(ref_idx), n_boot=n_boot, rng=rng, groups=ref_groups),
+            bootstrap_indices(len(sh_idx), n_boot=n_boot, rng=rng, groups=sh_groups),
+            strict=True)]
+        gap, gap_boot = point["gap"], np.array([b["gap"] for b in boots])
+        defined = gap > float(cfg["min_gap"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share_boot = np.where(gap_boot > 0, 1.0, np.nan) / gap_boot
+        per_direction, phis, phi_boots = {}, [], []
+        for d in directions:
+            v, v_boot = point[d], np.array([b[d] for b in boots])
+            phi, phi_boot = shap @ v, v_boot @ shap.T
+            phis.append(phi)
+            phi_boots.append(phi_boot)
+            per_direction[d] = self._direction_metrics(names, v, phi, phi_boot, v_boot[:, -1],
+                                                       gap, share_boot, defined)
+        # A factor's combined value averages the directions it could be applied in: an
+        # identity transform (a blurrier set cannot be blurred toward a sharper one) has no say.
+        votes = np.array([applied[d] for d in directions], float)
+        weights = votes / np.maximum(votes.sum(axis=0), 1.0)
+        phi = np.sum(weights * np.array(phis), axis=0)
+        phi_boot = np.einsum("dn,dbn->bn", weights, np.array(phi_boots))
+        # Combined, "explained" is the sum of the combined values, so shares and the
+        # unexplained part add up to 1 (a direction a factor has no transform in does not dilute
+        # it, as averaging v(all) over directions would).
+        v_all, v_all_boot = float(phi.sum()), phi_boot.sum(axis=1)
+        combined = self._share_block(names, phi, phi_boot, v_all, v_all_boot, gap, share_boot,
+                                     defined)
+        shares = {n: combined["factors"][n]["share"]["value"] if defined else None for n in names}
+        ranked = sorted((n for n in names if shares[n] is not None), key=lambda n: -shares[n])
+        combined["top"] = ranked[0] if ranked else None
+        return {
+            "n_reference": len(ref_idx), "n_shifted": len(sh_idx),
+            "accuracy": {"reference": float(correct["reproduce"][0].mean()),
+                         "shifted": float(correct["undo"][0].mean())},
+            "gap": _interval(gap, gap_boot), "gap_defined": bool(defined),
+            "directions": per_direction, "combined": combined,
+        }
+
+    def _direction_metrics(self, names, v, phi, phi_boot, v_all_boot, gap, share_boot, defined
+                           ) -> dict:
+        block = self._share_block(names, phi, phi_boot, float(v[-1]), v_all_boot, gap,
+                                  share_boot, defined)
+        for i, name in enumerate(names):
+            block["factors"][name]["alone"] = float(v[1 << i])
+        block["v_all"] = float(v[-1])
+        block["subsets"] = {subset_label(s, names): float(v[s]) for s in range(len(v))}
+        return block
+
+    @staticmethod
+    def _share_block(names, phi, phi_boot, v_all, v_all_boot, gap, share_boot, defined) -> dict:
+        factors = {}
+        for i, name in enumerate(names):
+            factors[name] = {"points": _interval(float(phi[i]), phi_boot[:, i]),
+                             "share": _interval(float(phi[i] / gap), phi_boot[:, i] * share_boot)
+                             if defined else None}
+        explained = (_interval(v_all / gap, v_all_boot * share_boot) if defined else None)
+        unexplained = None if explained is None else {
+            "value": 1.0 - explained["value"], "low": 1.0 - explained["high"],
+            "high": 1.0 - explained["low"]}
+        return {"factors": factors, "explained": explained, "unexplained": unexplained,
+                "explained_points": v_all}
+
+    def _findings(self, cfg, ref_name, name, m, directions) -> list[Finding]:
+        if not m["gap_defined"]:
+            return []
+        out = []
+        gap = m["gap"]["value"]
+        acc = m["accuracy"]
+        context = (f"({ref_name} {acc['reference']:.1%} to {name} {acc['shifted']:.1%} on "
+                   f"{m['n_reference']}/{m['n_shifted']}-image subsamples)")
+        for factor, entry in m["combined"]["factors"].items():
+            share = entry["share"]
+            if share["value"] is None or share["value"] <= cfg["min_share"]:
+                continue
+            parts = [self._direction_phrase(d, factor, ref_name, name,
+                                            m["directions"][d]["factors"][factor]["points"]
+                                            ["value"]) for d in directions]
+            out.append(Finding(
+                self.name, f"The difference in {_SUBJECTS[factor]} explains {_pct(share)} of the drop on {name} "
+                f"{context}: {'; '.join(parts)}.", _ACTIONS[factor], dataset=name,
+                gap_share=float(np.clip(share["value"], 0.0, 1.0)),
+                impact=float(max(gap * share["value"], 0.0)), kind=f"attribution_{factor}",
+                evidence={"factor": factor, "share": share, "points": entry["points"],
+                          "gap": m["gap"]}))
+        unexplained = m["combined"]["unexplained"]
+        if unexplained is not None and unexplained["value"] > cfg["min_share"]:
+            listed = ", ".join(_NOUNS[f] for f in m["combined"]["factors"])
+            out.append(Finding(
+                self.name, f"{_pct(unexplained)} of the drop on {name} {context} is not explained "
+                f"by the measured factors ({listed}): changing all of them at once accounts for "
+                f"{100 * m['combined']['explained_points']:.1f} of the {100 * gap:.1f} points.",
+                f"collect labelled images from {name} and fine-tune or adapt the model on them; "
+                "look for causes beyond these factors (cell morphology, labelling conventions, "
+                "slide preparation)", dataset=name,
+                gap_share=float(np.clip(unexplained["value"], 0.0, 1.0)),
+                impact=float(max(gap * unexplained["value"], 0.0)), kind="attribution_unexplained",
+                evidence={"unexplained": unexplained, "gap": m["gap"]}))
+        return out
+
+    @staticmethod
+    def _direction_phrase(direction, factor, ref_name, name, points) -> str:
+        noun = _NOUNS[factor]
+        if direction == "undo":
+            verb = "recovers" if points >= 0 else "costs"
+            what = (f"reweighting {name} to {ref_name}'s class proportions" if factor == "priors"
+                    else f"matching {name}'s {noun} to {ref_name}")
+        else:
+            verb = "costs" if points >= 0 else "gains"
+            what = (f"reweighting {ref_name} to {name}'s class proportions" if factor == "priors"
+                    else f"making {ref_name} look like {name} in {noun}")
+        return f"{what} {verb} {100 * abs(points):.1f} points"
+
+    @staticmethod
+    def _status(cfg, ref_name, per_set) -> tuple[Status, str]:
+        unexplained = [name for name, m in per_set.items()
+                       if m["combined"]["explained"] is not None and m["gap"]["low"] > 0
+                       and m["combined"]["explained"]["value"] < cfg["explained_warn"]]
+        status = Status.WARN if unexplained else Status.PASS
+        worst = max(per_set, key=lambda k: per_set[k]["gap"]["value"])
+        m = per_set[worst]
+        gap = m["gap"]["value"]
+        if not m["gap_defined"]:
+            return status, (f"No shifted set loses more than {cfg['min_gap']:.0%} accuracy "
+                            f"against {ref_name} on the subsamples (largest gap {gap:.1%} on "
+                            f"{worst}); shares are not computed.")
+        top = m["combined"]["top"]
+        share = m["combined"]["factors"][top]["share"]
+        text = (f"{worst}: {_NOUNS[top]} explains {_pct(share)} of the {100 * gap:.1f}-point "
+                f"drop; {_pct(m['combined']['unexplained'], ci=False)} is unexplained.")
+        if unexplained:
+            text += (f" Most of the gap on {', '.join(unexplained)} is not explained by the "
+                     "measured factors.")
+        return status, text
+
+
+def _pct(block: dict, *, ci: bool = True) -> str:
+    text = f"{block['value']:.0%}"
+    if ci and all(block.get(k) is not None and np.isfinite(block[k]) for k in ("low", "high")):
+        text += f" (95% CI {block['low']:.0%} to {block['high']:.0%})"
+    return text
