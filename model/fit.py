@@ -91,6 +91,7 @@ def fit_and_save(
         verbose = 1 if sys.stdout.isatty() else 2
     result = train_classifier(dataset, train_idx, val_source, val_idx, config=config,
                               verbose=verbose)
+    # The saved weights are those of the epoch with the lowest validation loss over both phases.
     val_accuracy = float(result.history["val_accuracy"][int(np.argmin(result.history["val_loss"]))]) \
         if result.history.get("val_loss") else float("nan")
 

@@ -179,6 +179,7 @@ def train_classifier(
     backbone = backbone_of(model)
     plan = [("head", config.head_epochs, config.head_learning_rate),
             ("finetune", config.finetune_epochs, config.finetune_learning_rate)]
+    best = None  # (val_loss, weights, phase): the best model over both phases
     for phase, epochs, learning_rate in plan:
         if epochs <= 0:
             continue
@@ -203,6 +204,14 @@ def train_classifier(
                        "learning_rate": learning_rate, "trainable_backbone_layers": trainable,
                        "best_epoch": int(np.argmin(fit.history["val_loss"])) + 1,
                        "seconds": round(time.perf_counter() - phase_start, 2)})
+        phase_best = float(np.min(fit.history["val_loss"]))
+        if best is None or phase_best < best[0]:
+            best = (phase_best, model.get_weights(), phase)
+        elif best is not None:
+            # Fine-tuning did not beat the frozen-backbone head: keep the better model.
+            model.set_weights(best[1])
     backbone.trainable = False
+    if best is not None:
+        phases.append({"phase": "selected", "from_phase": best[2], "val_loss": best[0]})
     return TrainResult(model=model, history=history, phases=phases,
                        seconds=time.perf_counter() - started)
