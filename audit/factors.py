@@ -4,16 +4,16 @@ statistics, fitted on seeded samples of the two sets (no labels).
 | factor     | fitted on the two samples                        | transform                          |
 |------------|--------------------------------------------------|------------------------------------|
 | scale      | median white-cell area (`white_cell_mask`)       | zoom about the centre by sqrt(area ratio), within 0.5-2; a zoom-out fills the border with the image's border colour |
-| background | the target's images with their cell filled in    | everything outside the (feathered) cell mask replaced by a target background, recoloured to the source's colour when colour is a factor too |
-| color      | Reinhard Lab statistics or Macenko stain vectors | `audit.stain` transfer, set level  |
+| background | the target's images with their cell filled in    | everything outside the (grown, feathered) cell mask replaced by a target background, recoloured into the source's colours and blurred to its focus |
+| color      | Macenko stain vectors or Reinhard Lab statistics, at equal focus | `audit.stain` transfer, set level |
 | sharpness  | median half-resolution Laplacian-variance sharpness | Gaussian blur of the sharper set to the other's sharpness; a blurrier set is left as is, or unsharp-masked up to it with `allow_sharpen` |
 | resolution | median native crop side and JPEG quality (files) | round trip through the target's pixel size and JPEG quality, when it has fewer pixels across the crop (below the model input) or stronger compression |
 
 Transforms compose in that order (`IMAGE_FACTORS`): magnification and slide content, then
 stain, focus and digitisation, the order of acquisition. Each is deterministic for a given
 `seed` (only the background draws at random: which target background goes with which image),
-uint8 in, uint8 out, batched. A factor that finds nothing to change is `identity` and returns the images unchanged:
-scale and sharpness when the two samples do not differ (Mann-Whitney p >= 0.01 on cell area
+uint8 in, uint8 out, batched. A factor that finds nothing to change is `identity` and returns
+the images unchanged: scale and sharpness when the two samples do not differ (Mann-Whitney p >= 0.01 on cell area
 or sharpness), resolution at the same pixel size and quality, background with no segmented
 cells, sharpness on the blurrier side unless `allow_sharpen`.
 """

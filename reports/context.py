@@ -548,6 +548,34 @@ def leakage_section(audit: Mapping, assets=None) -> dict:
 
 # ---------------------------------------------------------------- 7. shift
 
+def _attribution(audit: Mapping, name: str, assets) -> dict | None:
+    """The gap-attribution chart and before/after examples of one shifted set, if measured."""
+    result = _get(audit, "checks", "attribution", default=None) or {}
+    d = _get(result, "metrics", "datasets", name, default=None)
+    if result.get("status") not in ("PASS", "WARN", "FAIL") or not isinstance(d, Mapping):
+        return None
+    directions = {k: {f: v.get("share") for f, v in (_get(dv, "factors", default={}) or {}).items()}
+                  for k, dv in (d.get("directions") or {}).items()}
+    examples = []
+    arrays = assets.npz(_get(result, "artifacts", f"examples_{name}", default=None)) \
+        if assets is not None else None
+    if arrays:
+        for direction in directions:
+            keys = [k for k in arrays if k.startswith(f"{direction}_")]
+            keys.sort(key=lambda k: (k != f"{direction}_before", k == f"{direction}_all", k))
+            uri = figures.image_strip([arrays[k][0] for k in keys if len(arrays[k])], size=96)
+            if uri:
+                examples.append({"direction": direction, "uri": uri,
+                                 "labels": [k[len(direction) + 1:] for k in keys],
+                                 "alt": f"One {direction} example image before and after each "
+                                        "transform: " + ", ".join(k[len(direction) + 1:]
+                                                                  for k in keys) + "."})
+    combined = d.get("combined") or {}
+    return {"figure": figures.attribution_shares(name, directions),
+            "explained": _get(combined, "explained", "value", default=None), "gap": d.get("gap"),
+            "examples": examples}
+
+
 def shift_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "shift")
     if reason:
@@ -593,6 +621,8 @@ def shift_section(audit: Mapping, assets=None) -> dict:
                          "clean_distance": _get(resemblance, name, "clean_distance")}
                         if isinstance(near, Mapping) else None),
         })
+    for entry in sets:
+        entry["attribution"] = _attribution(audit, entry["name"], assets)
     return {"available": True, "reason": "", **_check_header(result),
             "reference": m.get("reference"), "sets": sets,
             "drift_figure": figures.property_drift(drifts),

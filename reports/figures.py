@@ -27,7 +27,7 @@ __all__ = [
     "Figure", "OKABE_ITO", "MARKERS", "colour", "png_uri", "image_uri", "overlay_heatmap",
     "signed_heatmap", "signed_overlay", "training_curves", "accuracy_intervals", "confusion_matrix",
     "image_strip", "thumbnail_rows", "shift_decomposition", "property_drift", "reliability_diagram",
-    "robustness_curves", "coverage_curves",
+    "robustness_curves", "coverage_curves", "attribution_shares",
 ]
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442",
@@ -420,3 +420,42 @@ def coverage_curves(curves: Mapping[str, Mapping], threshold: float | None,
     alt = (f"Accuracy of accepted images against coverage (share of images the model decides, "
            f"the most confident first) for {', '.join(present)}{marks}.")
     return Figure(uri, alt)
+
+
+def attribution_shares(name: str, directions: Mapping[str, Mapping[str, Mapping]]) -> Figure | None:
+    """Share of the gap per factor, one bar per direction, with 95% intervals."""
+    factors = list(dict.fromkeys(f for d in directions.values() for f in d))
+    if not factors:
+        return None
+    labels = {"undo": f"undo: {name} made to look like the reference",
+              "reproduce": f"reproduce: the reference made to look like {name}"}
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.6, 0.45 * len(factors) + 1.2))
+        y = np.arange(len(factors))[::-1].astype(float)
+        height = 0.8 / max(len(directions), 1)
+        for k, (direction, shares) in enumerate(directions.items()):
+            values, low, high = [], [], []
+            for f in factors:
+                share = shares.get(f) or {}
+                v = share.get("value")
+                values.append(0.0 if v is None else 100 * v)
+                low.append(values[-1] - 100 * (share.get("low") if share.get("low") is not None
+                                               else (v or 0.0)))
+                high.append(100 * (share.get("high") if share.get("high") is not None
+                                   else (v or 0.0)) - values[-1])
+            ax.barh(y - k * height, values, height=height * 0.9, color=colour(k),
+                    xerr=[np.maximum(low, 0), np.maximum(high, 0)], capsize=2,
+                    label=labels.get(direction, direction))
+        ax.set_yticks(y - height * (len(directions) - 1) / 2, factors)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel(f"share of the accuracy gap on {name} (%)")
+        ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+        ax.legend(loc="lower right", fontsize=7, frameon=False)
+        uri = png_uri(fig)
+    parts = []
+    for direction, shares in directions.items():
+        parts.append(f"{direction}: " + ", ".join(
+            f"{f} {100 * (shares.get(f) or {}).get('value'):.0f}%"
+            for f in factors if (shares.get(f) or {}).get("value") is not None))
+    return Figure(uri, f"Share of the accuracy gap on {name} explained by each factor, measured "
+                       f"by transforming images; " + "; ".join(parts) + ".")

@@ -219,7 +219,7 @@ class AttributionCheck(Check):
         "batch_size": 32,               # images decoded and transformed at once
         "n_boot": 1000,                 # bootstrap resamples of images for the intervals
         "min_gap": 0.02,                # shares only when the subsample gap exceeds this
-        "min_share": 0.10,              # a factor (or the unexplained part) becomes a finding
+        "min_share": 0.10,              # a finding from this share (a factor's with its CI above 0)
         "explained_warn": 0.5,          # WARN: gap CI above 0 and less than this explained
         "n_examples": 2,                # example images per factor and direction (<= 96 px)
     }
@@ -405,7 +405,7 @@ class AttributionCheck(Check):
                    f"{m['n_reference']}/{m['n_shifted']}-image subsamples)")
         for factor, entry in m["combined"]["factors"].items():
             share = entry["share"]
-            if share["value"] is None or share["value"] <= cfg["min_share"]:
+            if not (share["value"] > cfg["min_share"] and share["low"] > 0):  # nan low: no
                 continue
             parts = [self._direction_phrase(d, factor, ref_name, name,
                                             m["directions"][d]["factors"][factor]["points"]
@@ -460,8 +460,9 @@ class AttributionCheck(Check):
                             f"{worst}); shares are not computed.")
         top = m["combined"]["top"]
         share = m["combined"]["factors"][top]["share"]
-        text = (f"{worst}: {_NOUNS[top]} explains {_pct(share)} of the {100 * gap:.1f}-point "
-                f"drop; {_pct(m['combined']['unexplained'], ci=False)} is unexplained.")
+        text = (f"{worst}: the difference in {_SUBJECTS[top]} explains {_pct(share)} of the "
+                f"{100 * gap:.1f}-point drop; "
+                f"{_pct(m['combined']['unexplained'], ci=False)} is unexplained.")
         if unexplained:
             text += (f" Most of the gap on {', '.join(unexplained)} is not explained by the "
                      "measured factors.")
