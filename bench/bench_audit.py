@@ -371,7 +371,8 @@ def run(args, workdir: Path) -> int:
           f"{expected}")
 
     rss_before = rss_mb() or 0.0
-    half_a = bare_compute(bare, batch, expected // 2)
+    before = expected // 2
+    half_a = bare_compute(bare, batch, before)
     predict_rate_a = keras_predict_rate(model, batch, max(1, args.predict_sample // 2))
 
     breakdown = None if args.no_breakdown else Breakdown()
@@ -401,7 +402,8 @@ def run(args, workdir: Path) -> int:
     n_passes = set_passes + sum(check_passes.values())
 
     reset_peak_rss()
-    half_b = bare_compute(bare, batch, n_passes - expected // 2)
+    after = max(n_passes - before, 0)
+    half_b = bare_compute(bare, batch, after)
     predict_rate_b = keras_predict_rate(model, batch, max(1, args.predict_sample
                                                           - args.predict_sample // 2))
     robust_subset = None
@@ -412,7 +414,10 @@ def run(args, workdir: Path) -> int:
                                   batch_size=batch_size, n_passes=n_passes)
     bare_peak = peak_rss_mb()
 
-    pure_wall, pure_cpu = half_a.seconds + half_b.seconds, half_a.cpu_seconds + half_b.cpu_seconds
+    # Priced per pass, in case the audit made fewer passes than the half run before it.
+    scale = n_passes / max(before + after, 1)
+    pure_wall = (half_a.seconds + half_b.seconds) * scale
+    pure_cpu = (half_a.cpu_seconds + half_b.cpu_seconds) * scale
     predict_seconds = n_passes * (predict_rate_a + predict_rate_b) / 2
     _print_steps(result, audit.seconds)
     counted = breakdown.forward_images() if breakdown else None
@@ -426,8 +431,8 @@ def run(args, workdir: Path) -> int:
         ("pure compute: Predictor, pre-decoded batch", f"{pure_wall:.1f}", f"{pure_cpu:.1f}",
          f"{1000 * pure_wall / n_passes:.1f}", f"{audit.seconds / pure_wall:.2f}x",
          f"{audit.cpu_seconds / pure_cpu:.2f}x",
-         f"{expected // 2} passes before the audit at {_ms(half_a, expected // 2)}, "
-         f"{n_passes - expected // 2} after at {_ms(half_b, n_passes - expected // 2)}"),
+         f"{before} passes before the audit at {_ms(half_a, before)}, "
+         f"{after} after at {_ms(half_b, after)}"),
         ("decode + predict: iter_batches + Predictor", f"{streamed.seconds:.1f}",
          f"{streamed.cpu_seconds:.1f}", f"{1000 * streamed.seconds / n_passes:.1f}",
          f"{audit.seconds / streamed.seconds:.2f}x",
