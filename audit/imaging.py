@@ -18,6 +18,8 @@ __all__ = [
     "image_properties",
     "white_cell_mask",
     "perceptual_hash",
+    "hash_thumbnail",
+    "hash_thumbnails",
     "hamming_distance_matrix",
 ]
 
@@ -244,11 +246,19 @@ def perceptual_hash(images: np.ndarray) -> np.ndarray:
     resize to 32x32, 2-D DCT-II, the top-left 8x8 coefficients compared with their median;
     bit 63 (the most significant) is coefficient (0, 0), then row by row.
     """
-    images = _check(images)
-    small = np.stack([
+    return hash_thumbnails(hash_thumbnail(_check(images)))
+
+
+def hash_thumbnail(images: np.ndarray) -> np.ndarray:
+    """float64 (N, 32, 32): the grayscale Lanczos thumbnails `perceptual_hash` transforms."""
+    return np.stack([
         np.asarray(Image.fromarray(im).convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
         for im in images
     ]) if len(images) else np.zeros((0, 32, 32))
+
+
+def hash_thumbnails(small: np.ndarray) -> np.ndarray:
+    """pHash (uint64 per image) of 32x32 thumbnails from `hash_thumbnail`."""
     coeffs = fft.dct(fft.dct(small, axis=1), axis=2)[:, :8, :8].reshape(-1, 64)
     bits = coeffs > np.median(coeffs, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)

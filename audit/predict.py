@@ -21,7 +21,7 @@ from audit.progress import progress
 __all__ = ["DatasetOutputs", "Predictor", "forward_model", "compute_outputs", "softmax",
            "CACHE_VERSION"]
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 
 
 @dataclass(frozen=True)
