@@ -21,6 +21,7 @@ cells, sharpness on the blurrier side unless `allow_sharpen`.
 from __future__ import annotations
 
 import io
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -74,7 +75,10 @@ def sharpness(images: np.ndarray) -> np.ndarray:
     the Laplacian of a noisy, blurred crop is mostly noise, and blurring a clean crop to match
     it would undershoot the real blur (on `audit.synthetic` sites, a 1.5 px blur is matched
     by sigma 1.46 at half resolution against 0.96 at full)."""
-    lum = images.astype(np.float32) @ (_LUMA / 255.0)
+    return _luminance_sharpness(images.astype(np.float32) @ (_LUMA / 255.0))
+
+
+def _luminance_sharpness(lum: np.ndarray) -> np.ndarray:
     n, h, w = lum.shape
     if min(h, w) >= 16:
         lum = lum[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
@@ -411,8 +415,28 @@ def _solve_monotone(measure, low: float, high: float, goal: float, *, increasing
     return (low + high) / 2
 
 
+# fit_factors needs the sharpness fit of a pair of samples in both directions, for colour at
+# equal focus, background donors and the factor itself; the attribution check fits both
+# directions of each pair. One bisection per (source, target) pair: keyed by the image
+# arrays' identity, held only while both arrays live.
+_SHARPNESS_FITS: dict[tuple[int, int, bool], tuple] = {}
+
+
 def _fit_sharpness(source: SetSample, target: SetSample, *, allow_sharpen: bool
                    ) -> SharpnessFactor:
+    key = (id(source.images), id(target.images), allow_sharpen)
+    hit = _SHARPNESS_FITS.get(key)
+    if hit is not None and hit[0]() is source.images and hit[1]() is target.images:
+        return hit[2]
+    fit = _fit_sharpness_once(source, target, allow_sharpen=allow_sharpen)
+    for stale in [k for k, (a, b, _) in _SHARPNESS_FITS.items() if a() is None or b() is None]:
+        del _SHARPNESS_FITS[stale]
+    _SHARPNESS_FITS[key] = (weakref.ref(source.images), weakref.ref(target.images), fit)
+    return fit
+
+
+def _fit_sharpness_once(source: SetSample, target: SetSample, *, allow_sharpen: bool
+                        ) -> SharpnessFactor:
     images = source.images
     own, other = sharpness(images), sharpness(target.images)
     s_s, s_t = float(np.median(own)), float(np.median(other))
@@ -421,18 +445,30 @@ def _fit_sharpness(source: SetSample, target: SetSample, *, allow_sharpen: bool
     if p >= _ALPHA or abs(s_s - s_t) <= _TOLERANCE * max(s_s, s_t):
         return SharpnessFactor(details=details)
     if s_s > s_t:
-        mode, high, increasing = "blur", max(2.0, images.shape[1] / 16), False
+        # A Gaussian blur commutes with the luminance sum, so the search blurs one float
+        # channel instead of three and skips the uint8 round trip (3x faster); `reached`
+        # below is measured on the real transform.
+        lum = images.astype(np.float32) @ (_LUMA / 255.0)
+
+        def measure(amount: float) -> float:
+            blurred = ndimage.gaussian_filter(lum, (0, amount, amount), mode="reflect")
+            return float(np.median(_luminance_sharpness(blurred)))
+
+        amount = _solve_monotone(measure, 0.0, max(2.0, images.shape[1] / 16), s_t,
+                                 increasing=False)
+        mode = "blur"
     elif allow_sharpen:
-        mode, high, increasing = "sharpen", 8.0, True
+        def measure(amount: float) -> float:
+            sharpened = SharpnessFactor(mode="sharpen", amount=amount).apply(images)
+            return float(np.median(sharpness(sharpened)))
+
+        amount, mode = _solve_monotone(measure, 0.0, 8.0, s_t, increasing=True), "sharpen"
     else:
         return SharpnessFactor(details={**details, "note": "source is blurrier; not sharpened"})
-
-    def measure(amount: float) -> float:
-        return float(np.median(sharpness(SharpnessFactor(mode=mode, amount=amount).apply(images))))
-
-    amount = _solve_monotone(measure, 0.0, high, s_t, increasing=increasing)
-    return SharpnessFactor(details={**details, "reached": measure(amount)}, mode=mode,
-                           amount=round(amount, 4))
+    fitted = SharpnessFactor(mode=mode, amount=round(amount, 4))
+    reached = float(np.median(sharpness(fitted.apply(images))))
+    return SharpnessFactor(details={**details, "reached": reached}, mode=mode,
+                           amount=fitted.amount)
 
 
 def _fit_resolution(source: SetSample, target: SetSample) -> ResolutionFactor:

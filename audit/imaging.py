@@ -94,13 +94,18 @@ def image_properties(images: np.ndarray) -> dict[str, np.ndarray]:
         "saturation": sat.reshape(n, -1).mean(axis=1, dtype=np.float64),
         "hue": mean_hue,
         "sharpness": lap.reshape(n, -1).var(axis=1) / (lum_var + (1.0 / 255.0) ** 2),
-        "cell_size": white_cell_mask(images).reshape(n, -1).mean(axis=1, dtype=np.float64),
+        "cell_size": white_cell_mask(images, work_size=_PROPERTY_MASK_SIZE).reshape(n, -1).mean(
+            axis=1, dtype=np.float64),
     }
 
 
 # ---- white-cell mask -------------------------------------------------------------------------
 
 _WORK_SIZE = 160  # the mask is computed at most at this size (shorter side), then scaled back
+# cell_size, a per-image summary for drift and slices, does not need the outline's detail: at
+# 96 px the mask takes less than half the time of 160 px (the largest cost of predicting
+# outputs besides the model); on PBC and BCCD crops cell_size correlates 0.97+ with 160 px.
+_PROPERTY_MASK_SIZE = 96
 _MIN_NUCLEUS_CONTRAST = 0.15  # nucleus minus rest in log(B/G); below it there is no stained nucleus
 _MIN_NUCLEUS_SHARE = 0.3  # of the nucleus-class pixels in the chosen nucleus: real >= 0.44, noise ~0.1
 _CELL_REACH = 1.2  # cytoplasm reaches at most this many nucleus radii beyond the nucleus hull
@@ -108,7 +113,7 @@ _STAIN_ANGLE = np.cos(np.deg2rad(15.0))  # cytoplasm and red cells differ in sta
 _N_RAYS = 96
 
 
-def white_cell_mask(images: np.ndarray) -> np.ndarray:
+def white_cell_mask(images: np.ndarray, *, work_size: int = _WORK_SIZE) -> np.ndarray:
     """Bool (N, H, W) mask of the white cell (nucleus and cytoplasm) nearest each image's centre.
 
     Segmentation by colour and shape, tuned on Wright/Giemsa smears (PBC, BCCD) and checked
@@ -128,12 +133,12 @@ def white_cell_mask(images: np.ndarray) -> np.ndarray:
        a small opening smooths the outline and holes are filled.
 
     Images without a distinct stained nucleus (blank, uniform, grey) give an all-False mask.
-    It is computed at most at `_WORK_SIZE` pixels and resized back.
+    It is computed at most at `work_size` pixels (shorter side) and resized back.
     """
     images = _check(images)
     n, h, w, _ = images.shape
     out = np.zeros((n, h, w), dtype=bool)
-    scale = min(1.0, _WORK_SIZE / min(h, w))
+    scale = min(1.0, work_size / min(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     for i in range(n):
         small = images[i] if scale == 1.0 else np.asarray(Image.fromarray(images[i]).resize(size, Image.Resampling.BOX))

@@ -63,6 +63,16 @@ def train_args(data: Path, out: Path, size: int, *extra: str) -> list[str]:
 # Budgets for a 2-core CPU; explanations only where the case study shows them.
 AUDIT_BUDGET = ["--set", "checks.robustness.max_images=64", "--no-explain"]
 EXPLAINED = ["--set", "checks.robustness.max_images=64"]
+# Remedy comparisons need accuracy with intervals and what still drives the drop, not the
+# leakage, robustness and explanation evidence the baseline audit already shows.
+REMEDY_BUDGET = ["--checks", "performance,calibration,shift,attribution", "--no-explain"]
+# The study's two epochs were over the full Kaggle TRAIN (~10,000 augmented images, ~600 steps
+# at batch 32); our copy holds 2,000, so 2 epochs are only 100 steps and leave the linear head
+# far from converged (validation 46% at lr 1e-3, 61% at 1e-2). Ten epochs at 1e-2 match the
+# study's number of steps; a logistic regression fitted to convergence on the same frozen
+# features gives validation 80-84%, test 53-55%.
+STUDY_HEAD = ["--head-epochs", "10", "--finetune-epochs", "0", "--head-lr", "1e-2",
+              "--no-color", "--no-stain"]
 
 
 def kaggle(work: Path, size: int, log: Path, results: dict) -> None:
@@ -70,9 +80,8 @@ def kaggle(work: Path, size: int, log: Path, results: dict) -> None:
     train, test = DATA / "kaggle_bloodcells" / "TRAIN", DATA / "kaggle_bloodcells" / "TEST"
     for variant, split in (("random", []), ("grouped", ["--group-split", "near-duplicates"])):
         model = work / f"kaggle_{variant}.keras"
-        run(f"kaggle_{variant}_train", train_args(train, model, size, "--head-epochs", "2",
-                                                  "--finetune-epochs", "0", "--no-color",
-                                                  "--no-stain", *split), log, results)
+        run(f"kaggle_{variant}_train", train_args(train, model, size, *STUDY_HEAD, *split),
+            log, results)
         out = work / f"audit_kaggle_{variant}"
         run(f"kaggle_{variant}_audit",
             ["run", "--model", str(model), "--data", f"train={work / f'kaggle_{variant}.train.csv'}",
@@ -98,8 +107,7 @@ def kaggle_source(work: Path, size: int, log: Path, results: dict) -> None:
             source = path.name.split("_")[1]
             fh.write(f"{path},{path.parent.name},{path.parent.name}-{source}\n")
     model = work / "kaggle_source.keras"
-    run("kaggle_source_train", train_args(manifest, model, size, "--head-epochs", "2",
-                                          "--finetune-epochs", "0", "--no-color", "--no-stain",
+    run("kaggle_source_train", train_args(manifest, model, size, *STUDY_HEAD,
                                           "--group-split", "manifest"), log, results)
     out = work / "audit_kaggle_source"
     run("kaggle_source_audit",
@@ -122,6 +130,7 @@ def pbc8(work: Path, size: int, log: Path, results: dict) -> None:
     results["pbc8"] = {"validation_accuracy": meta.get("validation_accuracy"), **record}
 
 
+CROSS_TRAINING = ["--head-epochs", "4", "--finetune-epochs", "2", "--head-lr", "1e-2"]
 CROSS_VARIANTS = {
     "baseline": ["--no-color", "--no-stain"],
     "stain_augment": [],
@@ -135,8 +144,7 @@ def cross(work: Path, size: int, log: Path, results: dict, variants: list[str]) 
     bccd = DATA / "bccd_cropped"
     for variant in variants:
         model = work / f"pbc5_{variant}.keras"
-        run(f"cross_{variant}_train", train_args(DATA / "pbc", model, size, "--head-epochs", "3",
-                                                 "--finetune-epochs", "3",
+        run(f"cross_{variant}_train", train_args(DATA / "pbc", model, size, *CROSS_TRAINING,
                                                  *CROSS_VARIANTS[variant]), log, results)
         models = {variant: model}
         adapted = work / f"pbc5_{variant}_adabn.keras"
@@ -145,11 +153,13 @@ def cross(work: Path, size: int, log: Path, results: dict, variants: list[str]) 
         models[f"{variant}+adabn"] = adapted
         for name, path in models.items():
             out = work / f"audit_cross_{name.replace('+', '_')}"
+            train_role = (["--data", f"train={work / f'pbc5_{variant}.train.csv'}"]
+                          if name == "baseline" else [])
             run(f"cross_{name}_audit",
-                ["run", "--model", str(path), "--data", f"train={work / f'pbc5_{variant}.train.csv'}",
+                ["run", "--model", str(path), *train_role,
                  "--data", f"heldout={work / f'pbc5_{variant}.validation.csv'}",
                  "--data", f"shifted:bccd={bccd}", "--label-map", str(WBC5), "--out", str(out),
-                 *(EXPLAINED if name == "baseline" else AUDIT_BUDGET)], log, results)
+                 *(EXPLAINED if name == "baseline" else REMEDY_BUDGET)], log, results)
             results.setdefault("cross", {})[name] = {
                 "heldout": metric(out / "audit.json", "heldout"),
                 "bccd": metric(out / "audit.json", "bccd")}
