@@ -19,7 +19,7 @@ from audit.data import Dataset, iter_batches
 from audit.progress import progress
 
 __all__ = ["DatasetOutputs", "Predictor", "forward_model", "compute_outputs", "softmax",
-           "CACHE_VERSION"]
+           "cell_size_sample", "CACHE_VERSION"]
 
 CACHE_VERSION = "3"
 
@@ -107,10 +107,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _cache_file(cache_dir: Path, model_hash: str, dataset: Dataset, image_size: int) -> Path:
+def cell_size_sample(dataset: Dataset, max_images: int) -> np.ndarray:
+    """Bool per image: measure its cell size (see `compute_outputs`)."""
+    from audit.sampling import stratified_subsample
+
+    selected = np.zeros(len(dataset), bool)
+    if max_images <= 0 or max_images >= len(dataset):
+        selected[:] = True
+        return selected
+    seed = int.from_bytes(hashlib.sha256(dataset.fingerprint.encode()).digest()[:8], "little")
+    selected[stratified_subsample(dataset.labels, max_images,
+                                  rng=np.random.default_rng(seed))] = True
+    return selected
+
+
+def _cache_file(cache_dir: Path, model_hash: str, dataset: Dataset, image_size: int,
+                cell_size_images: int) -> Path:
     key = hashlib.sha256(
-        f"{CACHE_VERSION}|{model_hash}|{dataset.fingerprint}|{image_size}".encode()
-    ).hexdigest()[:32]
+        f"{CACHE_VERSION}|{model_hash}|{dataset.fingerprint}|{image_size}|{cell_size_images}"
+        .encode()).hexdigest()[:32]
     return cache_dir / f"outputs-{key}.npz"
 
 
@@ -121,11 +136,18 @@ def compute_outputs(
     image_size: int,
     cache_dir: str | os.PathLike | None,
     model_hash: str,
+    cell_size_images: int = 0,
 ) -> DatasetOutputs:
-    """Outputs for every image of `dataset`, from the cache when present."""
+    """Outputs for every image of `dataset`, from the cache when present.
+
+    The white-cell mask behind the cell_size property costs twice a forward pass per image,
+    so with `cell_size_images` > 0 it is measured on a class-stratified sample of that many
+    images, seeded by the dataset fingerprint (NaN elsewhere); 0 measures every image.
+    """
     cache_path = None
     if cache_dir is not None:
-        cache_path = _cache_file(Path(cache_dir), model_hash, dataset, image_size)
+        cache_path = _cache_file(Path(cache_dir), model_hash, dataset, image_size,
+                                 cell_size_images)
         if cache_path.is_file():
             with np.load(cache_path) as data:
                 props = {k[5:]: data[k] for k in data.files if k.startswith("prop_")}
@@ -135,16 +157,17 @@ def compute_outputs(
     from audit.imaging import image_properties
 
     logits, embeddings, hashes, props = [], [], [], []
+    measure_cell = cell_size_sample(dataset, cell_size_images)
     batch_size = predictor.batch_size
     batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
     n_batches = -(-len(dataset) // batch_size)
-    for images, _ in progress(batches, desc=f"predict {dataset.name}", total=n_batches,
-                              unit="batch"):
+    for images, indices in progress(batches, desc=f"predict {dataset.name}", total=n_batches,
+                                    unit="batch"):
         lo, em = predictor.outputs(images)
         logits.append(lo)
         embeddings.append(em)
         hashes.append(dihedral_hashes(images))
-        props.append(image_properties(images))
+        props.append(image_properties(images, cell_size=measure_cell[indices]))
     logits_arr = np.concatenate(logits)
     outputs = DatasetOutputs(
         logits=logits_arr,

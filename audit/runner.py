@@ -107,7 +107,8 @@ def run_audit(
     for name, (spec, dataset) in datasets.items():
         status(f"predicting {name} ({len(dataset)} images)")
         outputs = compute_outputs(dataset, predictor=predictor, image_size=image_size,
-                                  cache_dir=settings["cache_dir"] or None, model_hash=digest)
+                                  cache_dir=settings["cache_dir"] or None, model_hash=digest,
+                                  cell_size_images=int(settings["cell_size_images"]))
         views[name] = DatasetView(name=name, role=spec.role, dataset=dataset, outputs=outputs)
     timings["predict"] = time.perf_counter() - t0
 

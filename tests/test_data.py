@@ -146,3 +146,20 @@ def test_iter_batches_streams_in_order(folder):
     assert [len(idx) for _, idx in batches] == [2, 2, 1]
     assert np.concatenate([idx for _, idx in batches]).tolist() == list(range(5))
     assert all(images.shape[1:] == (8, 8, 3) for images, _ in batches)
+
+
+def test_cell_size_sample_is_stratified_and_seeded_by_the_dataset(tmp_path):
+    from audit.predict import cell_size_sample
+
+    rows = ["path,label"] + [f"{tmp_path}/{i}.png,{'a' if i < 30 else 'b'}" for i in range(40)]
+    for i in range(40):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    dataset = load_dataset(tmp_path / "m.csv")
+    picked = cell_size_sample(dataset, 8)
+    assert picked.sum() == 8 and picked[:30].sum() == 6 and picked[30:].sum() == 2
+    np.testing.assert_array_equal(picked, cell_size_sample(dataset, 8))
+    assert cell_size_sample(dataset, 0).all() and cell_size_sample(dataset, 40).all()
+    (tmp_path / "m.csv").write_text("\n".join(rows[:-1]) + "\n")  # another set, another draw
+    smaller = cell_size_sample(load_dataset(tmp_path / "m.csv"), 8)
+    assert smaller.sum() == 8 and not np.array_equal(smaller, picked[:39])

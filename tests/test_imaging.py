@@ -82,6 +82,17 @@ def test_properties_one_float_per_image(smears):
     assert np.all((props["hue"] >= 0) & (props["hue"] < 360))
 
 
+def test_cell_size_only_where_selected(smears):
+    everything = image_properties(smears)
+    selected = np.arange(len(smears)) % 3 == 0
+    some = image_properties(smears, cell_size=selected)
+    np.testing.assert_array_equal(some["cell_size"][selected], everything["cell_size"][selected])
+    assert np.isnan(some["cell_size"][~selected]).all()
+    for name in PROPERTIES[:-1]:
+        np.testing.assert_array_equal(some[name], everything[name])
+    assert np.isnan(image_properties(smears, cell_size=False)["cell_size"]).all()
+
+
 def test_uniform_images():
     images = np.stack([np.full((20, 30, 3), v, np.uint8) for v in (0, 128, 255)])
     props = image_properties(images)

@@ -21,12 +21,12 @@ from math import factorial
 import numpy as np
 
 from audit.checks.base import AuditContext, Check, DatasetView, register
-from audit.checks.robustness import stratified_subsample
 from audit.data import Dataset, iter_batches, read_images
 from audit.drift import subsample
 from audit.factors import FACTORS, IMAGE_FACTORS, FactorSet, SetSample, fit_factors, step
 from audit.progress import progress
 from audit.results import CheckResult, Finding, Status
+from audit.sampling import stratified_subsample
 from audit.stats import bootstrap_indices, interval
 
 __all__ = ["AttributionCheck", "DIRECTIONS", "shapley_matrix", "reweighted_accuracy",
