@@ -13,6 +13,8 @@ from skimage.filters import threshold_multiotsu, threshold_otsu
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
+from audit.parallel import map_chunks
+
 __all__ = [
     "PROPERTIES",
     "image_properties",
@@ -25,6 +27,7 @@ __all__ = [
 
 PROPERTIES: tuple[str, ...] = ("brightness", "contrast", "saturation", "hue", "sharpness", "cell_size")
 
+_CHUNK = 4  # images per task on the worker threads (`audit.parallel`)
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights of Pillow's "L" mode
 _HAMMING_BLOCK = 2**22  # hash pairs per block of the distance matrix (32 MB of XOR bytes)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -79,6 +82,14 @@ def image_properties(images: np.ndarray, *, cell_size: bool | np.ndarray = True
     n = images.shape[0]
     if n == 0:
         return {name: np.zeros(0) for name in PROPERTIES}
+    parts = map_chunks(_colour_and_focus, images, chunk=_CHUNK)
+    out = {name: np.concatenate([p[name] for p in parts]) for name in PROPERTIES[:-1]}
+    out["cell_size"] = _cell_size(images, np.broadcast_to(np.asarray(cell_size, bool), (n,)))
+    return out
+
+
+def _colour_and_focus(images: np.ndarray) -> dict[str, np.ndarray]:
+    n = images.shape[0]
     lum = _luminance(images).astype(np.float64)
     hue, sat = _hsv_hue_saturation(images.astype(np.float32) / 255.0)
     lap = ndimage.correlate1d(lum, [1.0, -2.0, 1.0], axis=1, mode="reflect")
@@ -99,7 +110,6 @@ def image_properties(images: np.ndarray, *, cell_size: bool | np.ndarray = True
         "saturation": sat.reshape(n, -1).mean(axis=1, dtype=np.float64),
         "hue": mean_hue,
         "sharpness": lap.reshape(n, -1).var(axis=1) / (lum_var + (1.0 / 255.0) ** 2),
-        "cell_size": _cell_size(images, np.broadcast_to(np.asarray(cell_size, bool), (n,))),
     }
 
 
@@ -144,6 +154,13 @@ def white_cell_mask(images: np.ndarray, *, work_size: int = _WORK_SIZE) -> np.nd
     It is computed at most at `work_size` pixels (shorter side) and resized back.
     """
     images = _check(images)
+    n, h, w, _ = images.shape
+    if n == 0:
+        return np.zeros((0, h, w), dtype=bool)
+    return np.concatenate(map_chunks(lambda part: _masks(part, work_size), images, chunk=_CHUNK))
+
+
+def _masks(images: np.ndarray, work_size: int) -> np.ndarray:
     n, h, w, _ = images.shape
     out = np.zeros((n, h, w), dtype=bool)
     scale = min(1.0, work_size / min(h, w))

@@ -16,12 +16,16 @@ from audit.checks.base import AuditContext, Check, register
 from audit.checks.calibration import expected_calibration_error
 from audit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from audit.data import Dataset, iter_batches
+from audit.parallel import map_chunks
 from audit.predict import softmax
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
 
 __all__ = ["RobustnessCheck", "stratified_subsample", "corrupted_probs", "row_confusion",
            "confusion_distance", "nearest_corruptions", "relative_corruption_error"]
+
+
+_COPIES_PER_CALL = 2
 
 
 def _seed(base: int, *keys: int) -> int:
@@ -36,17 +40,26 @@ def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
     (seed, its first index); `corrupt` mixes in the corruption and severity."""
     probs = None
     n_forward = 0
+    combos = [(k, s, name, int(severity)) for k, name in enumerate(corruptions)
+              for s, severity in enumerate(severities)]
+    # Corrupt two (corruption, severity) copies at once on worker threads, then predict both in
+    # one call: the model keeps every core busy, a corruption alone would not. A fixed group
+    # (not one per core) keeps model batches, hence outputs, the same on every machine.
+    group = _COPIES_PER_CALL
     for images, indices in iter_batches(dataset, image_size=image_size, batch_size=batch_size):
         batch_seed = _seed(seed, int(indices[0]))
-        for k, name in enumerate(corruptions):
-            for s, severity in enumerate(severities):
-                corrupted = corrupt(images, name, int(severity), seed=batch_seed)
-                logits = predictor.outputs(corrupted)[0]
-                n_forward += len(corrupted)
-                if probs is None:
-                    probs = np.empty((len(corruptions), len(severities), len(dataset),
-                                      logits.shape[1]), np.float32)
-                probs[k, s, indices] = softmax(logits)
+        for first in range(0, len(combos), group):
+            part = combos[first:first + group]
+            corrupted = map_chunks(
+                lambda c, x=images, seed=batch_seed: corrupt(x, c[0][2], c[0][3], seed=seed),
+                part, chunk=1)
+            logits = predictor.outputs(np.concatenate(corrupted))[0]
+            n_forward += len(logits)
+            if probs is None:
+                probs = np.empty((len(corruptions), len(severities), len(dataset),
+                                  logits.shape[1]), np.float32)
+            for j, (k, s, _, _) in enumerate(part):
+                probs[k, s, indices] = softmax(logits[j * len(images):(j + 1) * len(images)])
     return probs, n_forward
 
 
