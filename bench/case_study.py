@@ -75,10 +75,15 @@ STUDY_HEAD = ["--head-epochs", "10", "--finetune-epochs", "0", "--head-lr", "1e-
               "--no-color", "--no-stain"]
 
 
-def kaggle(work: Path, size: int, log: Path, results: dict) -> None:
-    """The original study (2 epochs, random 80/20 split), then a group-aware split."""
+KAGGLE_SPLITS = {"random": [], "grouped": ["--group-split", "near-duplicates"]}
+
+
+def kaggle(work: Path, size: int, log: Path, results: dict, variants=tuple(KAGGLE_SPLITS)
+           ) -> None:
+    """The original study (random 80/20 split), then a split on near-duplicate clusters."""
     train, test = DATA / "kaggle_bloodcells" / "TRAIN", DATA / "kaggle_bloodcells" / "TEST"
-    for variant, split in (("random", []), ("grouped", ["--group-split", "near-duplicates"])):
+    for variant in variants:
+        split = KAGGLE_SPLITS[variant]
         model = work / f"kaggle_{variant}.keras"
         run(f"kaggle_{variant}_train", train_args(train, model, size, *STUDY_HEAD, *split),
             log, results)
@@ -168,7 +173,9 @@ def cross(work: Path, size: int, log: Path, results: dict, variants: list[str]) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--steps", default="kaggle,cross,pbc8")
+    parser.add_argument("--steps", default="kaggle,kaggle_source,cross,pbc8",
+                        help="any of kaggle (= kaggle_random,kaggle_grouped), kaggle_source, "
+                             "cross, pbc8")
     parser.add_argument("--variants", default=",".join(CROSS_VARIANTS))
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
@@ -180,6 +187,8 @@ def main() -> int:
     for step in args.steps.split(","):
         if step == "kaggle":
             kaggle(work, args.size, log, results)
+        elif step.startswith("kaggle_") and step[7:] in KAGGLE_SPLITS:
+            kaggle(work, args.size, log, results, variants=(step[7:],))
         elif step == "kaggle_source":
             kaggle_source(work, args.size, log, results)
         elif step == "pbc8":
