@@ -22,7 +22,9 @@ def adapt_batchnorm(model, dataset: Dataset, *, image_size: int, batch_size: int
 
     Batches run eagerly through the backbone in training mode (which is what updates the
     statistics) with momentum k/(k+1) at step k, so the result is the plain average over
-    batches. Returns a record for the model's metadata.
+    batches. The images are shuffled (seeded) first: a folder in class order would give
+    one-class batches, whose statistics are not the site's. Returns a record for the
+    model's metadata.
     """
     import keras
 
@@ -37,11 +39,12 @@ def adapt_batchnorm(model, dataset: Dataset, *, image_size: int, batch_size: int
     if max_images is not None and max_images < len(dataset):
         rng = np.random.default_rng(seed)
         dataset = dataset.subset(np.sort(rng.choice(len(dataset), max_images, replace=False)))
+    shuffled = dataset.subset(np.random.default_rng(seed).permutation(len(dataset)))
     saved = [(layer.trainable, layer.momentum) for layer in norms]
     try:
         for layer in norms:
             layer.trainable = True  # a frozen BatchNorm ignores training=True
-        batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
+        batches = iter_batches(shuffled, image_size=image_size, batch_size=batch_size)
         total = -(-len(dataset) // batch_size)
         for step, (images, _) in enumerate(progress(batches, desc="adapt BatchNorm",
                                                     total=total, unit="batch")):
@@ -52,4 +55,4 @@ def adapt_batchnorm(model, dataset: Dataset, *, image_size: int, batch_size: int
         for layer, (trainable, momentum) in zip(norms, saved, strict=True):
             layer.trainable, layer.momentum = trainable, momentum
     return {"method": "AdaBN", "images": len(dataset), "fingerprint": dataset.fingerprint,
-            "batchnorm_layers": len(norms), "batch_size": batch_size}
+            "batchnorm_layers": len(norms), "batch_size": batch_size, "seed": seed}
