@@ -32,6 +32,7 @@ class AugmentConfig:
     stain: bool = True           # HED stain jitter
     rotation_deg: float = 15.0
     zoom: float = 0.1
+    zoom_in: float = 1.0         # largest magnification (scale augmentation), 1 = only `zoom`
     shift: float = 0.05
     brightness: float = 0.1      # fraction of the 0-255 range
     contrast: float = 0.15
@@ -55,7 +56,9 @@ def make_augmenter(config: AugmentConfig, *, seed: int):
 
         affine = keras.Sequential([
             keras.layers.RandomRotation(config.rotation_deg / 360.0, fill_mode="reflect", seed=seed),
-            keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed + 1),
+            # Keras zooms in for negative factors: -0.5 shows half the height, 2x magnified.
+            keras.layers.RandomZoom((-max(config.zoom, 1.0 - 1.0 / config.zoom_in), config.zoom),
+                                    fill_mode="reflect", seed=seed + 1),
             keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="reflect",
                                            seed=seed + 2),
         ], name="affine_augment")

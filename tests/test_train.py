@@ -95,3 +95,30 @@ def test_train_cli_errors_exit_2(tmp_path, capsys, two_classes):
     assert main(["train", str(two_classes), "--out", str(tmp_path / "m.keras"), "--group-split",
                  *TINY]) == 2
     assert "no group column" in capsys.readouterr().err
+    assert main(["train", str(two_classes), "--out", str(tmp_path / "m.keras"),
+                 "--zoom-in", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "--zoom-in" in err and "from 1 to 4" in err and err.count("\n") == 1
+    assert main(["train", str(two_classes), "--out", str(tmp_path / "m.keras"),
+                 "--zoom-in", "2", "--no-affine"]) == 2
+    assert "--no-affine" in capsys.readouterr().err
+
+
+def test_zoom_in_magnifies_up_to_the_given_factor():
+    import tensorflow as tf
+
+    from model.augment import AugmentConfig, make_augmenter
+
+    square = np.zeros((1, 64, 64, 3), np.float32)
+    square[:, 24:40, 24:40] = 255.0  # 1/16 of the image
+    areas = {}
+    for zoom_in in (1.0, 2.0):
+        augment = make_augmenter(AugmentConfig(flips=False, color=False, stain=False,
+                                               rotation_deg=0.0, shift=0.0, zoom=0.0,
+                                               zoom_in=zoom_in), seed=1)
+        areas[zoom_in] = [float((augment(tf.constant(square), tf.constant(step, tf.int64))
+                                 .numpy() > 128).mean()) for step in range(30)]
+    assert min(areas[1.0]) == max(areas[1.0]) == pytest.approx(1 / 16)
+    # Magnification m covers m^2 the area: up to 4x at 2, and spread in between.
+    assert max(areas[2.0]) == pytest.approx(4 / 16, abs=0.02) and min(areas[2.0]) >= 1 / 16
+    assert len({round(a, 3) for a in areas[2.0]}) > 5

@@ -46,11 +46,25 @@ def add_parser(sub) -> None:
     p.add_argument("--patience", type=positive_int, default=3, help="early-stopping patience")
     for name in ("flips", "affine", "color", "stain"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch off {name} augmentation")
+    p.add_argument("--zoom-in", type=_magnification, default=1.0, metavar="MAX",
+                   help="scale augmentation: magnify training images by up to MAX (e.g. 2 when "
+                        "another site's cells cover four times the area: the audit's cell_size "
+                        "drift); default 1, only the +-10%% zoom")
     p.add_argument("--stain-normalize", choices=("none", "reinhard"), default="none",
                    help="stain normalisation at the input, saved inside the model")
     p.add_argument("--seed", type=int, default=0)
     add_data_options(p)
     p.set_defaults(handler=run)
+
+
+def _magnification(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 1.0 <= number <= 4.0:
+        raise argparse.ArgumentTypeError(f"expected a magnification from 1 to 4, received '{value}'")
+    return number
 
 
 def _weights(value: str) -> str | None:
@@ -78,9 +92,14 @@ def run(args: argparse.Namespace) -> int:
         from audit.errors import UsageError
 
         raise UsageError(f"--out '{out}' must end in .keras")
+    if args.zoom_in > 1.0 and args.no_affine:
+        from audit.errors import UsageError
+
+        raise UsageError("--zoom-in needs the affine augmentation it is part of; drop --no-affine")
     label_map = load_label_map_option(args)
     augment = AugmentConfig(flips=not args.no_flips, affine=not args.no_affine,
-                            color=not args.no_color, stain=not args.no_stain)
+                            color=not args.no_color, stain=not args.no_stain,
+                            zoom_in=args.zoom_in)
     config = TrainConfig(
         input_size=args.input_size, alpha=args.alpha, weights=_weights(args.weights),
         batch_size=args.batch_size, head_epochs=args.head_epochs,
