@@ -14,6 +14,8 @@ from conftest import logits_for, make_context, make_view
 from audit.checks.leakage import (
     LeakageCheck,
     accuracy_by_copy,
+    cap_share,
+    closer_in_reference,
     excess_share,
     leak_gap_share,
     nearest_excess,
@@ -452,3 +454,36 @@ def test_classmates_close_in_a_trained_model_are_not_copies(tmp_path):
     against = result.metrics["datasets"]["heldout"]["against"]["train"]
     assert against["n_with_copy"] == 0, against["by_criterion"]
     assert result.status.value == "PASS"
+
+
+def test_another_laboratory_is_not_read_as_copies(tmp_path):
+    """A shifted site whose cells are tight, exaggerated versions of the training classes
+    (another lab: no shared cells) shows a set-level 'excess' against train (17-45% over seven
+    seeds); none of its images is nearer a training image than one of its own, so the cap
+    removes it."""
+    train_labels, train, held_labels, held = _embedding_sets(0, share=0.0)
+    rng = np.random.default_rng(1)
+    class_means = np.stack([train[train_labels == c].mean(axis=0) for c in range(4)])
+    site_labels = np.arange(200) % 4
+    site = 4 * class_means[site_labels] + 0.5 * rng.normal(size=(200, 64))
+    views = [_emb_view("train", "train", train_labels, train, seed=1),
+             _emb_view("heldout", "heldout", held_labels, held, seed=2),
+             _emb_view("site_b", "shifted", site_labels, site, seed=3)]
+    result, data, _ = _run(views, tmp_path)
+    s = data["metrics"]["datasets"]["site_b"]["against"]["train"]["set_level"]
+    assert s["uncapped_share"] > 0.1 and s["p_value"] < 0.01   # the artifact, uncapped
+    assert s["closer_in_reference"] == 0.0
+    assert s["estimated_share"] == s["low"] == s["high"] == s["counted_share"] == 0.0
+    assert result.status == Status.PASS and "by nearest-neighbour" not in result.summary
+
+
+def test_closer_in_reference_and_cap_by_hand():
+    # Nearest in the reference 0.9, 0.5, 0.7, 0.2; nearest other image of the set 0.8, 0.6,
+    # NaN (alone in its set), 0.9: images 0 and 2 are nearer the reference.
+    assert closer_in_reference([0.9, 0.5, 0.7, 0.2], [0.8, 0.6, np.nan, 0.9]) == 0.5
+    share = {"estimated_share": 0.7, "low": 0.4, "high": 0.9, "p_value": 1e-9}
+    capped = cap_share(share, 0.5)
+    assert (capped["estimated_share"], capped["low"], capped["high"]) == (0.5, 0.4, 0.5)
+    assert capped["uncapped_share"] == 0.7 and capped["closer_in_reference"] == 0.5
+    empty = {"estimated_share": None, "low": None, "high": None}
+    assert cap_share(empty, 0.0)["estimated_share"] is None
