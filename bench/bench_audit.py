@@ -276,6 +276,7 @@ def parse_args(argv):
     parser.add_argument("--max-robustness-images", type=int, default=None,
                         help="checks.robustness.max_images (default: the check's default)")
     parser.add_argument("--model", help="a trained .keras model with CellAudit metadata")
+    parser.add_argument("--label-map", help="label map for --data, as for `audit run`")
     parser.add_argument("--data", action="append", default=[], metavar="ROLE=PATH",
                         help="datasets as for `audit run` (repeatable); default synthetic")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -323,6 +324,7 @@ def main(argv=None) -> int:
 def run(args, workdir: Path) -> int:
     from audit.config import load_config
     from audit.data import load_dataset, read_images
+    from audit.labels import load_label_map
     from audit.predict import Predictor
     from audit.runner import parse_data_spec, run_audit
     from model.io import load_model, read_metadata
@@ -354,8 +356,9 @@ def run(args, workdir: Path) -> int:
     # Bare predictor on the same model file, loaded the way the audit loads it.
     model, metadata = load_model(model_path)
     class_names = tuple(metadata["class_names"])
+    label_map = load_label_map(args.label_map) if args.label_map else None
     sets = {s.name: load_dataset(s.source, name=s.name, class_names=class_names,
-                                 check_files=False) for s in specs}
+                                 label_map=label_map, check_files=False) for s in specs}
     heldout = sets[next(s.name for s in specs if s.role == "heldout")]
     batch = read_images(list(heldout.paths[:batch_size]), size)
     if len(batch) < batch_size:  # tiny heldout: tile it to a full batch
@@ -386,7 +389,7 @@ def run(args, workdir: Path) -> int:
             if profiler:
                 profiler.enable()
             result = run_audit(model_path, specs, config=config, out_dir=workdir / "audit_out",
-                               command=["bench_audit"])
+                               label_map=label_map, command=["bench_audit"])
             if profiler:
                 profiler.disable()
     finally:

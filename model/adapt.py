@@ -1,31 +1,127 @@
-"""AdaBN (Li et al., 2016): re-estimate BatchNorm statistics on unlabelled target-site images.
+"""AdaBN (Li et al., 2016), aligned to the source site's statistics.
 
-A network trained at one laboratory normalises its activations with that laboratory's
-statistics; images from another stain or scanner shift them. Replacing the moving mean and
-variance of every BatchNorm layer with their averages over target images (no labels, no
-gradient) often recovers much of the cross-site drop.
+A network trained at one laboratory sees activations with that laboratory's statistics; images
+from another stain or scanner shift them. Classic AdaBN replaces each BatchNorm's moving mean
+and variance by the target's, which is right only when those moving statistics are the source
+site's. Ours are not: a pretrained backbone is fine-tuned with BatchNorm kept in inference mode
+(model.build), so its statistics are ImageNet's and the head learned PBC features *as
+normalised by ImageNet statistics*. Replacing them standardises target activations where
+source activations never were: on PBC -> BCCD crops classic AdaBN took accuracy from 48.7% to
+13.1%, and even adapting to PBC's own held-out images wrecks the model.
+
+So we align instead: every BatchNorm input on target images is mapped to the mean and spread
+the same input has on source images, then normalised as before. Per channel, with moving
+statistics (m, s = sqrt(v + eps)), source input statistics (mu_S, sd_S) and target input
+statistics (mu_T, sd_T) measured through the already-aligned earlier layers:
+
+    s' = s * sd_T / sd_S        m' = mu_T - (sd_T / sd_S) * (mu_S - m)
+
+On the source's own images this changes nothing; when the moving statistics are the source's
+(m = mu_S, s = sd_S: a backbone whose BatchNorm learned them) it is classic AdaBN.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from audit.data import Dataset, iter_batches
+from audit.data import Dataset, iter_batches, read_images
 from audit.progress import progress
 
-__all__ = ["adapt_batchnorm"]
+__all__ = ["align_batchnorm", "batchnorm_input_statistics"]
 
 
-def adapt_batchnorm(model, dataset: Dataset, *, image_size: int, batch_size: int = 32,
-                    max_images: int | None = None, seed: int = 0) -> dict:
-    """Set every backbone BatchNorm's moving statistics to their mean over `dataset`.
+def align_batchnorm(model, target: Dataset, source: Dataset | None = None, *, image_size: int,
+                    batch_size: int = 32, max_images: int | None = 512, seed: int = 0) -> dict:
+    """Align every backbone BatchNorm to `target` (labels unused), in place; returns a record
+    for the model's metadata.
 
-    Batches run eagerly through the backbone in training mode (which is what updates the
-    statistics) with momentum k/(k+1) at step k, so the result is the plain average over
-    batches. The images are shuffled (seeded) first: a folder in class order would give
-    one-class batches, whose statistics are not the site's. Returns a record for the
-    model's metadata.
+    `source`: images of the training site; None takes the moving statistics for the source's
+    (classic AdaBN). Layers are aligned in order, each from the target's population
+    statistics at its input through the layers already aligned: one partial forward pass per
+    layer over the target images, held in memory (at most `max_images` of each set, a seeded
+    sample). Exact and independent of batch composition, unlike training-mode statistics
+    (a folder in class order gives one-class batches).
     """
+    _, norms, _ = _backbone_parts(model)
+    target = _sample(target, max_images, seed)
+    moving = [(np.asarray(layer.moving_mean, np.float64),
+               np.asarray(layer.moving_variance, np.float64)) for layer in norms]
+    if source is not None:
+        source = _sample(source, max_images, seed)
+        source_stats = batchnorm_input_statistics(model, source, image_size=image_size,
+                                                  batch_size=batch_size,
+                                                  desc="source statistics")
+    else:
+        source_stats = moving
+    images = read_images(list(target.paths), image_size)
+    for index, layer in enumerate(progress(norms, desc="align BatchNorm", unit="layer")):
+        [(mu_t, var_t)] = batchnorm_input_statistics(
+            model, images, image_size=image_size, batch_size=batch_size, only=index, desc=None)
+        (m, v), (mu_s, var_s) = moving[index], source_stats[index]
+        eps = layer.epsilon
+        ratio = np.sqrt(var_t + eps) / np.sqrt(var_s + eps)
+        layer.moving_mean.assign((mu_t - ratio * (mu_s - m)).astype(np.float32))
+        layer.moving_variance.assign(np.maximum((v + eps) * ratio ** 2 - eps, 0.0)
+                                     .astype(np.float32))
+    record = {"method": "AdaBN aligned to source statistics" if source is not None
+              else "AdaBN (moving statistics taken as the source's)",
+              "images": len(target), "fingerprint": target.fingerprint,
+              "batchnorm_layers": len(norms), "batch_size": batch_size, "seed": seed}
+    if source is not None:
+        record["source"] = {"images": len(source), "fingerprint": source.fingerprint}
+    return record
+
+
+def batchnorm_input_statistics(model, dataset: Dataset | np.ndarray, *, image_size: int,
+                               batch_size: int = 32, only: int | None = None,
+                               desc: str | None = "statistics"
+                               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per backbone BatchNorm (or only the one at index `only`), the population (mean,
+    variance) per channel of its input over `dataset` (a Dataset, or uint8 images already in
+    memory): one inference-mode pass, reduced in-graph so memory stays that of a forward
+    pass. `desc` None: no progress bar (one per layer would be noise)."""
+    import keras
+    import tensorflow as tf
+
+    backbone, norms, pre = _backbone_parts(model)
+    layers = norms if only is None else [norms[only]]
+    probe = keras.Model(backbone.inputs, [layer.input for layer in layers])
+
+    # Eager: a graph function traced per layer costs more than the pass itself on small inputs.
+    def moments(images):
+        acts = probe(pre(images, training=False), training=False)
+        acts = acts if isinstance(acts, (list, tuple)) else [acts]
+        return [(tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2]),
+                 tf.cast(tf.reduce_prod(tf.shape(a)[:3]), tf.float32)) for a in acts]
+
+    if isinstance(dataset, np.ndarray):
+        batches = ((dataset[i:i + batch_size], None) for i in range(0, len(dataset), batch_size))
+    else:
+        batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
+    if desc is not None:
+        batches = progress(batches, desc=desc, total=-(-len(dataset) // batch_size),
+                           unit="batch")
+    sums = None
+    for images, _ in batches:
+        batch = [(s.numpy().astype(np.float64), q.numpy().astype(np.float64), float(n))
+                 for s, q, n in moments(tf.constant(images, tf.float32))]
+        sums = batch if sums is None else [(a + s, b + q, c + n) for (a, b, c), (s, q, n)
+                                           in zip(sums, batch, strict=True)]
+    stats = []
+    for total_sum, total_square, count in sums:
+        mean = total_sum / count
+        stats.append((mean, np.maximum(total_square / count - mean ** 2, 0.0)))
+    return stats
+
+
+def _sample(dataset: Dataset, max_images: int | None, seed: int) -> Dataset:
+    if max_images is None or max_images >= len(dataset):
+        return dataset
+    rng = np.random.default_rng(seed)
+    return dataset.subset(np.sort(rng.choice(len(dataset), max_images, replace=False)))
+
+
+def _backbone_parts(model):
     import keras
 
     from model.build import backbone_of
@@ -35,24 +131,4 @@ def adapt_batchnorm(model, dataset: Dataset, *, image_size: int, batch_size: int
         raise ValueError("AdaBN needs a model built by model.build (nested 'backbone')")
     norms = [layer for layer in backbone.layers
              if isinstance(layer, keras.layers.BatchNormalization)]
-    pre = keras.Model(model.inputs[0], model.get_layer("preprocess").output)
-    if max_images is not None and max_images < len(dataset):
-        rng = np.random.default_rng(seed)
-        dataset = dataset.subset(np.sort(rng.choice(len(dataset), max_images, replace=False)))
-    shuffled = dataset.subset(np.random.default_rng(seed).permutation(len(dataset)))
-    saved = [(layer.trainable, layer.momentum) for layer in norms]
-    try:
-        for layer in norms:
-            layer.trainable = True  # a frozen BatchNorm ignores training=True
-        batches = iter_batches(shuffled, image_size=image_size, batch_size=batch_size)
-        total = -(-len(dataset) // batch_size)
-        for step, (images, _) in enumerate(progress(batches, desc="adapt BatchNorm",
-                                                    total=total, unit="batch")):
-            for layer in norms:
-                layer.momentum = step / (step + 1.0)
-            backbone(pre(images.astype(np.float32), training=False), training=True)
-    finally:
-        for layer, (trainable, momentum) in zip(norms, saved, strict=True):
-            layer.trainable, layer.momentum = trainable, momentum
-    return {"method": "AdaBN", "images": len(dataset), "fingerprint": dataset.fingerprint,
-            "batchnorm_layers": len(norms), "batch_size": batch_size, "seed": seed}
+    return backbone, norms, keras.Model(model.inputs[0], model.get_layer("preprocess").output)
