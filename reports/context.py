@@ -67,6 +67,11 @@ def pct(value: Any, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}%" if _finite(value) else "n/a"
 
 
+def pts(value: Any, digits: int = 1) -> str:
+    """An accuracy difference as points: 0.163 -> '16.3'; None/NaN -> 'n/a'."""
+    return f"{100 * value:.{digits}f}" if _finite(value) else "n/a"
+
+
 def num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if _finite(value) else "n/a"
 

@@ -229,7 +229,7 @@ def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
-    env.filters.update(pct=ctx.pct, num=ctx.num, ci=ctx.ci_text, points=ctx.points_ci,
+    env.filters.update(pct=ctx.pct, pts=ctx.pts, num=ctx.num, ci=ctx.ci_text, points=ctx.points_ci,
                        p=ctx.p_text)
     return env
 
