@@ -487,3 +487,26 @@ def test_closer_in_reference_and_cap_by_hand():
     assert capped["uncapped_share"] == 0.7 and capped["closer_in_reference"] == 0.5
     empty = {"estimated_share": None, "low": None, "high": None}
     assert cap_share(empty, 0.0)["estimated_share"] is None
+
+
+def test_set_level_copies_get_a_share_of_the_gap_to_a_shifted_set(tmp_path):
+    train_labels, train, held_labels, held = _embedding_sets(0, share=0.4)
+    _, _, site_labels, site = _embedding_sets(100, share=0.0, n_held=200)
+    held_correct = np.r_[np.ones(120, bool), np.arange(180) % 3 == 0]   # copies right: 60%
+    site_correct = np.arange(200) % 4 == 0                              # 25%
+    views = [_emb_view("train", "train", train_labels, train, seed=1),
+             _emb_view("heldout", "heldout", held_labels, held, seed=2, correct=held_correct),
+             _emb_view("site_b", "shifted", site_labels, site, seed=3, correct=site_correct)]
+    result, data, _ = _run(views, tmp_path)
+    s = data["metrics"]["datasets"]["heldout"]["against"]["train"]["set_level"]
+    [leak] = [f for f in result.findings if f.kind == "train_leak"]
+    # Copies taken to score like train (100%): the others at (0.6 - s) / (1 - s).
+    share = s["estimated_share"]
+    without = (0.6 - share * 1.0) / (1.0 - share)
+    assert 0.2 < share < 0.6 and leak.dataset == "site_b"
+    assert leak.gap_share == pytest.approx((0.6 - without) / (0.6 - 0.25))
+    assert leak.impact == pytest.approx(0.6 - without)
+    assert f"at about {100 * without:.0f}%" in leak.text
+    assert f"copies explain about {100 * leak.gap_share:.0f}% of the gap" in leak.text
+    low, high = leak.evidence["gap"]["without_copy_range"]
+    assert low <= without <= high

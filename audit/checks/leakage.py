@@ -487,11 +487,27 @@ def _findings(check: str, ctx: AuditContext, datasets: dict, cfg: dict) -> list[
         entry = datasets[ref.name]["against"][train.name]
         without = entry["accuracy"]["without_copy"]
         if _set_level_dominates(entry, warn):
-            findings.append(_set_level_finding(
-                check, ref.name, train.name, entry, acc, kind="train_leak",
-                action=_SOURCE_SPLIT_ACTION,
-                consequence=f"{ref.name} accuracy ({_pct(acc[ref.name])}) is measured "
-                            f"{_extent(entry)} on cells the model was trained on"))
+            consequence = (f"{ref.name} accuracy ({_pct(acc[ref.name])}) is measured "
+                           f"{_extent(entry)} on cells the model was trained on")
+            gaps = [(v, _set_level_gap(entry, acc, ref.name, train.name, v.name))
+                    for v in ctx.shifted]
+            gaps = [(v, g) for v, g in gaps if g is not None]
+            for v, g in gaps:
+                findings.append(_set_level_finding(
+                    check, ref.name, train.name, entry, acc, kind="train_leak",
+                    action=_SOURCE_SPLIT_ACTION, gap=g, dataset=v.name,
+                    consequence=(
+                        f"{consequence}. If the copies are classified as well as {train.name} "
+                        f"images ({_pct(acc[train.name])}), the other {ref.name} images are "
+                        f"at about {_pct(g['without_copy'])} ({_pct(g['without_copy_range'][0])}"
+                        f"-{_pct(g['without_copy_range'][1])} over the interval), "
+                        f"{'close to' if g['share'] >= 0.5 else 'against'} "
+                        f"{_pct(acc[v.name])} on {v.name}: copies explain about "
+                        f"{_pct(g['share'])} of the gap")))
+            if not gaps:
+                findings.append(_set_level_finding(
+                    check, ref.name, train.name, entry, acc, kind="train_leak",
+                    action=_SOURCE_SPLIT_ACTION, consequence=consequence))
         elif entry["share"] > warn:
             acc_without = without["value"] if without else float("nan")
             ci = (f" (95% CI {_pct(without['low'])}-{_pct(without['high'])})"
@@ -569,16 +585,44 @@ def _extent(entry: dict) -> str:
     return "largely" if entry["set_level"]["estimated_share"] >= 0.5 else "partly"
 
 
+def _set_level_gap(entry: dict, acc: dict, name: str, train_name: str, shifted_name: str
+                   ) -> dict | None:
+    """The share of the `name` -> `shifted_name` gap the set-level copies explain, taking
+    the copies to be classified as well as the training images: with a share s of copies,
+    the others' accuracy is (acc - s * acc_train) / (1 - s). None without a positive gap or
+    when (nearly) every image is a copy."""
+    s = entry["set_level"]
+
+    def without(share: float) -> float:
+        return float(np.clip((acc[name] - share * acc[train_name]) / (1.0 - share), 0.0, 1.0))
+
+    if s["estimated_share"] is None or s["high"] >= 0.98:
+        return None
+    share = leak_gap_share(acc[name], without(s["estimated_share"]), acc[shifted_name])
+    if share is None:
+        return None
+    ends = sorted((without(s["low"]), without(s["high"])))
+    return {"share": share, "without_copy": without(s["estimated_share"]),
+            "without_copy_range": ends,
+            "share_range": sorted(leak_gap_share(acc[name], w, acc[shifted_name]) or 0.0
+                                  for w in ends)}
+
+
 def _set_level_finding(check: str, name: str, ref_name: str, entry: dict, acc: dict, *,
-                       kind: str, action: str, consequence: str) -> Finding:
+                       kind: str, action: str, consequence: str, gap: dict | None = None,
+                       dataset: str | None = None) -> Finding:
     """Copies too altered to match one by one, seen in the similarity distribution. Impact:
     the estimated share times how much better the copied set is classified (copies assumed
-    classified like the images they copy); no gap share, as the copies are not identified."""
+    classified like the images they copy); a gap share (`gap`, from `_set_level_gap`) only
+    where that assumption gives one."""
     s = entry["set_level"]
     lift = acc[ref_name] - acc[name]
+    impact = float(s["estimated_share"] * lift) if np.isfinite(lift) and lift > 0 else 0.0
+    if gap is not None:  # then the accuracy at stake is the inflation itself
+        impact = max(acc[name] - gap["without_copy"], 0.0)
     return Finding(
-        check=check, dataset=name, kind=kind, gap_share=None,
-        impact=float(s["estimated_share"] * lift) if np.isfinite(lift) and lift > 0 else 0.0,
+        check=check, dataset=dataset or name, kind=kind,
+        gap_share=None if gap is None else gap["share"], impact=impact,
         text=(f"Nearest-neighbour similarity shows about {_pct(s['estimated_share'])} (95% CI "
               f"{_pct(s['low'])}-{_pct(s['high'])}) of {name} images are likely copies of "
               f"{ref_name} images, though only {_pct(entry['share'])} can be matched "
@@ -586,4 +630,5 @@ def _set_level_finding(check: str, name: str, ref_name: str, entry: dict, acc: d
         action=action,
         evidence={"set_level": {k: v for k, v in s.items() if k != "signals"},
                   "share": entry["share"], "accuracy": acc[name],
-                  "copied_set_accuracy": acc[ref_name]})
+                  "copied_set_accuracy": acc[ref_name],
+                  **({"gap": gap} if gap is not None else {})})
