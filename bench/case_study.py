@@ -55,6 +55,27 @@ def metric(audit_json: Path, dataset: str) -> dict:
             "per_class_recall": {c: v["recall"]["value"] for c, v in perf["per_class"].items()}}
 
 
+def paired_difference(audit_a: Path, audit_b: Path, dataset: str, *, n_boot: int = 2000,
+                      seed: int = 0) -> dict:
+    """Accuracy of audit B minus audit A on the same images (matched by path), with a paired
+    percentile bootstrap interval: remedies are compared on identical images, so the
+    difference is far tighter than the two separate intervals suggest."""
+    import numpy as np
+
+    def correct(audit: Path) -> dict:
+        with np.load(audit / "artifacts" / f"predictions_{dataset}.npz") as z:
+            hits = z["logits"].argmax(axis=1) == z["labels"]
+            return dict(zip(z["paths"].tolist(), hits.tolist(), strict=True))
+
+    a, b = correct(audit_a), correct(audit_b)
+    paths = sorted(set(a) & set(b))
+    diff = np.array([b[p] for p in paths], float) - np.array([a[p] for p in paths], float)
+    rng = np.random.default_rng(seed)
+    boots = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(axis=1)
+    return {"difference": float(diff.mean()), "low": float(np.quantile(boots, 0.025)),
+            "high": float(np.quantile(boots, 0.975)), "n": len(paths)}
+
+
 def train_args(data: Path, out: Path, size: int, *extra: str) -> list[str]:
     return ["train", str(data), "--out", str(out), "--weights", str(WEIGHTS), "--input-size",
             str(size), "--label-map", str(WBC5), *extra]
@@ -181,6 +202,10 @@ def cross(work: Path, size: int, log: Path, results: dict, variants: list[str],
             results.setdefault("cross", {})[name] = {
                 "heldout": metric(out / "audit.json", "heldout"),
                 "bccd": metric(out / "audit.json", "bccd")}
+            baseline_audit = work / "audit_cross_baseline"
+            if name != "baseline" and (baseline_audit / "audit.json").exists():
+                results["cross"][name]["bccd_vs_baseline"] = paired_difference(
+                    baseline_audit, out, "bccd")
 
 
 def main() -> int:
