@@ -387,12 +387,17 @@ def find_matches(query_hashes: np.ndarray, ref_hashes: np.ndarray, *,
                  query_embeddings: np.ndarray | None = None,
                  ref_embeddings: np.ndarray | None = None,
                  max_hash_distance: int = DEFAULT_MAX_DISTANCE, cosine_min: float = np.inf,
-                 same_set: bool = False) -> Matches:
-    """Near-copies of the query images among the reference images (`same_set`: one set)."""
-    h_index, h_dist = nearest_hash_matches(query_hashes, ref_hashes, exclude_self=same_set)
+                 same_set: bool = False, nearest: dict | None = None) -> Matches:
+    """Near-copies of the query images among the reference images (`same_set`: one set).
+
+    `nearest`: {"hash": (index, distance), "embedding": (index, cosine)} already computed by
+    `nearest_hash_matches` / `nearest_embedding_matches` with the same `exclude_self`."""
+    nearest = nearest or {}
+    h_index, h_dist = nearest.get("hash") or nearest_hash_matches(
+        query_hashes, ref_hashes, exclude_self=same_set)
     if query_embeddings is not None and ref_embeddings is not None:
-        e_index, cosine = nearest_embedding_matches(query_embeddings, ref_embeddings,
-                                                    exclude_self=same_set)
+        e_index, cosine = nearest.get("embedding") or nearest_embedding_matches(
+            query_embeddings, ref_embeddings, exclude_self=same_set)
     else:
         e_index, cosine = np.full(len(h_index), -1, np.int64), np.full(len(h_index), np.nan)
     exact = exact_matches(query_digests, ref_digests, exclude_self=same_set)

@@ -58,9 +58,11 @@ def metric(audit_json: Path, dataset: str) -> dict:
 def paired_difference(audit_a: Path, audit_b: Path, dataset: str, *, n_boot: int = 2000,
                       seed: int = 0) -> dict:
     """Accuracy of audit B minus audit A on the same images (matched by path), with a paired
-    percentile bootstrap interval: remedies are compared on identical images, so the
-    difference is far tighter than the two separate intervals suggest."""
+    bootstrap interval: remedies are compared on identical images, so the difference is far
+    tighter than the two separate intervals suggest."""
     import numpy as np
+
+    from audit.stats import bootstrap_ci
 
     def correct(audit: Path) -> dict:
         with np.load(audit / "artifacts" / f"predictions_{dataset}.npz") as z:
@@ -70,10 +72,9 @@ def paired_difference(audit_a: Path, audit_b: Path, dataset: str, *, n_boot: int
     a, b = correct(audit_a), correct(audit_b)
     paths = sorted(set(a) & set(b))
     diff = np.array([b[p] for p in paths], float) - np.array([a[p] for p in paths], float)
-    rng = np.random.default_rng(seed)
-    boots = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(axis=1)
-    return {"difference": float(diff.mean()), "low": float(np.quantile(boots, 0.025)),
-            "high": float(np.quantile(boots, 0.975)), "n": len(paths)}
+    ci = bootstrap_ci(lambda i: diff[i].mean(), len(diff), n_boot=n_boot,
+                      rng=np.random.default_rng(seed))
+    return {"difference": ci["value"], "low": ci["low"], "high": ci["high"], "n": len(paths)}
 
 
 def train_args(data: Path, out: Path, size: int, *extra: str) -> list[str]:

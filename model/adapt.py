@@ -7,7 +7,7 @@ site's. Ours are not: a pretrained backbone is fine-tuned with BatchNorm kept in
 (model.build), so its statistics are ImageNet's and the head learned PBC features *as
 normalised by ImageNet statistics*. Replacing them standardises target activations where
 source activations never were: on PBC -> BCCD crops classic AdaBN took accuracy from 48.7% to
-13.1%, and even adapting to PBC's own held-out images wrecks the model.
+13.1%.
 
 So we align instead: every BatchNorm input on target images is mapped to the mean and spread
 the same input has on source images, then normalised as before. Per channel, with moving

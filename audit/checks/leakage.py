@@ -233,7 +233,7 @@ def _thresholds(q: _Set, r: _Set, cfg: dict, rng: np.random.Generator) -> dict:
 
 def _set_level(q: _Set, r: _Set, thresholds: dict, cfg: dict, rng_keys: tuple,
                ctx: AuditContext, groups: np.ndarray | None,
-               within: dict[str, np.ndarray]) -> tuple[dict, dict]:
+               within: dict[str, np.ndarray], nearest_pair: dict) -> tuple[dict, dict]:
     """The set-level estimate for each signal (angular embedding similarity when embeddings
     are used, negated dihedral hash distance), the first one on top with the share it adds to
     the status; and the observed/null scores for the artifact."""
@@ -254,7 +254,7 @@ def _set_level(q: _Set, r: _Set, thresholds: dict, cfg: dict, rng_keys: tuple,
         by_signal[signal] = cap_share(set_level_share(
             observed, null, quantile=quantile, n_boot=int(cfg["n_boot"]),
             rng=ctx.rng(*rng_keys, "boot", signal), groups=groups,
-            min_n=int(cfg["set_level_min_n"])), _closer_in_reference(q, r, signal, within))
+            min_n=int(cfg["set_level_min_n"])), _closer_in_reference(signal, within, nearest_pair))
         arrays[f"{signal}_same_class"], arrays[f"{signal}_other_class"] = observed, null
     primary = by_signal[next(iter(by_signal))]
     significant = primary["p_value"] is not None and primary["p_value"] < cfg["set_level_alpha"]
@@ -279,12 +279,21 @@ def cap_share(share: dict, cap: float) -> dict:
     return out
 
 
-def _closer_in_reference(q: _Set, r: _Set, signal: str, within: dict[str, np.ndarray]) -> float:
+def _nearest(q: _Set, r: _Set, same_set: bool) -> dict:
+    """Each query's nearest reference by hash and by embedding, computed once per pair for
+    both the set level and the per-image matches."""
+    out = {"hash": nearest_hash_matches(q.hashes, r.hashes, exclude_self=same_set)}
+    if q.embeddings is not None and r.embeddings is not None:
+        out["embedding"] = nearest_embedding_matches(q.embeddings, r.embeddings,
+                                                     exclude_self=same_set)
+    return out
+
+
+def _closer_in_reference(signal: str, within: dict[str, np.ndarray], nearest: dict) -> float:
     if signal == "embedding":
-        _, to_reference = nearest_embedding_matches(q.embeddings, r.embeddings)
-        return closer_in_reference(to_reference, within["embedding"])
-    _, distance = nearest_hash_matches(q.hashes, r.hashes)
-    return closer_in_reference(-distance.astype(float), -within["hash"].astype(float))
+        return closer_in_reference(nearest["embedding"][1], within["embedding"])
+    return closer_in_reference(-nearest["hash"][1].astype(float),
+                               -within["hash"].astype(float))
 
 
 def _distrust_class_clustered_embeddings(thresholds: dict, set_level: dict | None,
@@ -312,12 +321,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-def _compare(q: _Set, r: _Set, thresholds: dict, same_set: bool) -> Matches:
+def _compare(q: _Set, r: _Set, thresholds: dict, same_set: bool, nearest: dict) -> Matches:
     cosine = thresholds["cosine"]
     return find_matches(q.hashes, r.hashes, query_digests=q.digests, ref_digests=r.digests,
                         query_embeddings=q.embeddings, ref_embeddings=r.embeddings,
                         max_hash_distance=thresholds["hash"],
-                        cosine_min=np.inf if cosine is None else cosine, same_set=same_set)
+                        cosine_min=np.inf if cosine is None else cosine, same_set=same_set,
+                        nearest=nearest)
 
 
 def _examples(q: DatasetView, r: DatasetView, m: Matches, limit: int) -> list[dict]:
@@ -405,16 +415,18 @@ class LeakageCheck(Check):
             q, r = ctx.views[q_name], ctx.views[r_name]
             thresholds = _thresholds(sets[q_name], sets[r_name], cfg,
                                      ctx.rng(self.name, "null", q_name, r_name))
+            nearest = _nearest(sets[q_name], sets[r_name], same_set=q_name == r_name)
             set_level = None
             if q_name != r_name:
                 set_level, set_arrays = _set_level(
                     sets[q_name], sets[r_name], thresholds, cfg,
                     (self.name, "set_level", q_name, r_name), ctx,
-                    groups.get(q_name, q.groups), within[q_name])
+                    groups.get(q_name, q.groups), within[q_name], nearest)
                 arrays.update({f"{_key(q_name)}__{_key(r_name)}__{k}": v
                                for k, v in set_arrays.items()})
             _distrust_class_clustered_embeddings(thresholds, set_level, cfg)
-            m = _compare(sets[q_name], sets[r_name], thresholds, same_set=q_name == r_name)
+            m = _compare(sets[q_name], sets[r_name], thresholds, same_set=q_name == r_name,
+                         nearest=nearest)
             entry = _summary_of(q, r, m, thresholds, cfg)
             if q_name == r_name:
                 within[q_name] = {"embedding": m.cosine, "hash": m.hash_distance}
