@@ -1,8 +1,8 @@
 """One streamed pass per dataset: logits, probabilities, embeddings, image properties, hashes.
 
 Everything the checks need from pixels is computed here once, batched, and cached on disk
-under a key of model hash, dataset fingerprint and input size: a second audit over the same
-inputs does no model work and decodes no image.
+under a key of model hash, dataset fingerprint and input contract: a second audit over the
+same inputs does no model work and decodes no image.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from audit.atomic import atomic_path
 from audit.data import Dataset, iter_batches
 from audit.progress import progress
 
-__all__ = ["DatasetOutputs", "Predictor", "forward_model", "compute_outputs", "softmax",
+__all__ = ["DatasetOutputs", "Predictor", "compute_outputs", "per_image_outputs",
+           "assemble_outputs", "softmax",
            "cell_size_sample", "CACHE_VERSION"]
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -38,54 +39,51 @@ class DatasetOutputs:
         return self.probs.argmax(axis=1)
 
 
-def forward_model(model):
-    """A model mapping images to (logits, probs, embedding), found from the layer graph.
-
-    Works for models `model.build` makes (layers 'logits', 'probs', 'pool') and for a user's
-    classifier whose last Dense layer has a softmax: logits are then log-probabilities,
-    which differ from the true logits by a per-image constant and so give the same softmax,
-    temperature scaling and energy ranking.
-    """
-    import keras
-
-    names = {layer.name for layer in model.layers}
-    if {"logits", "pool"} <= names:
-        logits = model.get_layer("logits").output
-        embedding = model.get_layer("pool").output
-    else:
-        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-        if not dense:
-            raise ValueError(f"model '{model.name}' has no Dense layer to take logits from")
-        last = dense[-1]
-        logits = last.output
-        embedding = last.input
-        if getattr(last.activation, "__name__", "") == "softmax":
-            logits = keras.ops.log(keras.ops.maximum(last.output, 1e-12))
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, [logits, embedding])
-
-
 class Predictor:
-    """Batched, graph-compiled forward passes of one model; counts the images it has seen."""
+    """Batched, graph-compiled forward passes of one model through its input contract;
+    counts the images it has seen.
+
+    `model` is a `model.loaded.LoadedModel` (or a Keras model whose scaling its graph shows);
+    images are RGB uint8 (or float 0-255) at the contract's input size, decoded by
+    `audit.data` with the contract's `resize`: `LoadedModel.forward` applies the channel order
+    and scaling, so no caller can feed the model any other way.
+    """
 
     def __init__(self, model, *, batch_size: int = 64):
         import tensorflow as tf
 
-        self.model = model
+        from model.loaded import as_loaded
+
+        self.loaded = as_loaded(model)
+        self.model = self.loaded.keras_model
+        self.contract = self.loaded.contract
         self.batch_size = batch_size
         self.n_images = 0
-        forward = forward_model(model)
+        size = self.contract.input_size
         # One trace for every batch size: eager per-call overhead dominates on CPU.
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        self._run = tf.function(lambda x: forward(x, training=False), input_signature=[spec])
+        spec = tf.TensorSpec((None, size, size, 3), tf.float32)
+        self._run = tf.function(self.loaded.forward(), input_signature=[spec])
+
+    @property
+    def image_size(self) -> int:
+        return self.contract.input_size
+
+    @property
+    def resize(self) -> str:
+        return self.contract.resize
 
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits float64 (N, C), embeddings float32 (N, D)) for uint8 or float images."""
         import tensorflow as tf
 
+        images = np.asarray(images)
+        size = self.contract.input_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must have shape (N, {size}, {size}, 3) for this model, "
+                             f"received {images.shape}")
         logits, embeddings = [], []
         for start in range(0, len(images), self.batch_size):
-            chunk = tf.constant(np.asarray(images[start:start + self.batch_size]), tf.float32)
+            chunk = tf.constant(images[start:start + self.batch_size], tf.float32)
             lo, em = self._run(chunk)
             logits.append(lo.numpy().astype(np.float64))
             embeddings.append(em.numpy().astype(np.float32))
@@ -121,11 +119,44 @@ def cell_size_sample(dataset: Dataset, max_images: int) -> np.ndarray:
     return selected
 
 
-def _cache_file(cache_dir: Path, model_hash: str, dataset: Dataset, image_size: int,
+def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
+                      measure_cell: np.ndarray) -> dict[str, np.ndarray]:
+    """Everything computed from one decoded batch: the unit of work of every engine (local
+    threads here, Ray Data workers in a cluster), so that both give the same numbers.
+
+    {"logits" (B, C) float64, "embeddings" (B, D) float32, "phash" (B, 8) uint64,
+     "prop_<name>" (B,) per image property}; `measure_cell` (B,) bool: where to measure the
+    cell size (its mask costs about two forward passes).
+    """
+    from audit.duplicates import dihedral_hashes
+    from audit.imaging import image_properties
+
+    logits, embeddings = predictor.outputs(images)
+    properties = image_properties(images, cell_size=measure_cell)
+    return {"logits": logits, "embeddings": embeddings,
+            "phash": dihedral_hashes(images).astype(np.uint64),
+            **{f"prop_{k}": v for k, v in properties.items()}}
+
+
+def assemble_outputs(parts: list[dict[str, np.ndarray]], *, from_cache: bool = False
+                     ) -> DatasetOutputs:
+    """`DatasetOutputs` from per-batch results (or one dict of whole arrays), in order."""
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return DatasetOutputs(
+        logits=arrays["logits"], probs=softmax(arrays["logits"]),
+        embeddings=arrays["embeddings"],
+        properties={k[5:]: v for k, v in arrays.items() if k.startswith("prop_")},
+        phash=arrays["phash"].astype(np.uint64), from_cache=from_cache)
+
+
+def _cache_file(cache_dir: Path, predictor: Predictor, dataset: Dataset,
                 cell_size_images: int) -> Path:
-    key = hashlib.sha256(
-        f"{CACHE_VERSION}|{model_hash}|{dataset.fingerprint}|{image_size}|{cell_size_images}"
-        .encode()).hexdigest()[:32]
+    contract = predictor.contract
+    # Everything that changes what the model sees or returns is in the key.
+    key = hashlib.sha256("|".join(map(str, (
+        CACHE_VERSION, predictor.loaded.sha256, dataset.fingerprint, contract.input_size,
+        contract.resize, contract.preprocess, contract.channel_order, contract.output,
+        cell_size_images))).encode()).hexdigest()[:32]
     return cache_dir / f"outputs-{key}.npz"
 
 
@@ -133,9 +164,7 @@ def compute_outputs(
     dataset: Dataset,
     *,
     predictor: Predictor,
-    image_size: int,
     cache_dir: str | os.PathLike | None,
-    model_hash: str,
     cell_size_images: int = 0,
 ) -> DatasetOutputs:
     """Outputs for every image of `dataset`, from the cache when present.
@@ -146,36 +175,19 @@ def compute_outputs(
     """
     cache_path = None
     if cache_dir is not None:
-        cache_path = _cache_file(Path(cache_dir), model_hash, dataset, image_size,
-                                 cell_size_images)
+        cache_path = _cache_file(Path(cache_dir), predictor, dataset, cell_size_images)
         if cache_path.is_file():
             with np.load(cache_path) as data:
-                props = {k[5:]: data[k] for k in data.files if k.startswith("prop_")}
-                return DatasetOutputs(data["logits"], softmax(data["logits"]), data["embeddings"],
-                                      props, data["phash"], from_cache=True)
-    from audit.duplicates import dihedral_hashes
-    from audit.imaging import image_properties
-
-    logits, embeddings, hashes, props = [], [], [], []
+                return assemble_outputs([{k: data[k] for k in data.files}], from_cache=True)
     measure_cell = cell_size_sample(dataset, cell_size_images)
     batch_size = predictor.batch_size
-    batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
+    batches = iter_batches(dataset, image_size=predictor.image_size, resize=predictor.resize,
+                           batch_size=batch_size)
     n_batches = -(-len(dataset) // batch_size)
-    for images, indices in progress(batches, desc=f"predict {dataset.name}", total=n_batches,
-                                    unit="batch"):
-        lo, em = predictor.outputs(images)
-        logits.append(lo)
-        embeddings.append(em)
-        hashes.append(dihedral_hashes(images))
-        props.append(image_properties(images, cell_size=measure_cell[indices]))
-    logits_arr = np.concatenate(logits)
-    outputs = DatasetOutputs(
-        logits=logits_arr,
-        probs=softmax(logits_arr),
-        embeddings=np.concatenate(embeddings),
-        properties={k: np.concatenate([p[k] for p in props]) for k in props[0]},
-        phash=np.concatenate(hashes).astype(np.uint64),
-    )
+    parts = [per_image_outputs(predictor, images, measure_cell=measure_cell[indices])
+             for images, indices in progress(batches, desc=f"predict {dataset.name}",
+                                             total=n_batches, unit="batch")]
+    outputs = assemble_outputs(parts)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache_path, suffix=".npz") as tmp:

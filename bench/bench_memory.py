@@ -118,7 +118,7 @@ def _worker(args) -> dict:
             dataset = _load(args.data, 0)
         n, checksum = 0, 0
         with Timer() as t_pass:
-            for images, _ in iter_batches(dataset, image_size=args.size,
+            for images, _ in iter_batches(dataset, image_size=args.size, resize="crop",
                                           batch_size=args.batch_size):
                 n += len(images)
                 checksum += int(images[:, ::32, ::32].sum())  # touch the pixels
@@ -130,8 +130,7 @@ def _worker(args) -> dict:
         dataset = _load(args.data, args.limit_predict)
         predictor = Predictor(_model(args), batch_size=args.batch_size)
         with Timer() as t:
-            outputs = compute_outputs(dataset, predictor=predictor, image_size=args.size,
-                                      cache_dir=None, model_hash="bench")
+            outputs = compute_outputs(dataset, predictor=predictor, cache_dir=None)
         return {"images": len(outputs.logits), "seconds": t.seconds,
                 "forward_passes": predictor.n_images}
     if args.worker == "train":

@@ -26,6 +26,13 @@ def data_root() -> Path:
     return Path(os.environ.get("CELLAUDIT_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+def weights_path() -> Path:
+    """The local ImageNet MobileNetV2 weights: $CELLAUDIT_WEIGHTS, else ../shared/weights."""
+    return Path(os.environ.get(
+        "CELLAUDIT_WEIGHTS",
+        REPO.parent / "shared" / "weights" / "mobilenet_v2_1.0_no_top.weights.h5")).resolve()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = data_root()
@@ -109,4 +116,4 @@ def load_real(folder: str, n: int, size: int = 224) -> np.ndarray:
 
     paths = sorted((data_root() / folder).glob("*.jpg"))[:n]
     assert len(paths) == n, f"expected {n} images in {data_root() / folder}"
-    return read_images([str(p) for p in paths], size)
+    return read_images([str(p) for p in paths], size, resize="crop")

@@ -36,8 +36,7 @@ def setup(tmp_path_factory):
     views = []
     for name, role in (("ref", "heldout"), ("shift", "shifted")):
         dataset = load_dataset(root / name, name=name, class_names=classes)
-        outputs = compute_outputs(dataset, predictor=predictor, image_size=32, cache_dir=None,
-                                  model_hash="test")
+        outputs = compute_outputs(dataset, predictor=predictor, cache_dir=None)
         views.append(DatasetView(name=name, role=role, dataset=dataset, outputs=outputs))
     return views, predictor
 
