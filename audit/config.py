@@ -30,6 +30,9 @@ AUDIT_DEFAULTS = {
     # per image: measured on a seeded, class-stratified sample of this many images per set
     # (enough for drift tests and slices); 0 = every image.
     "cell_size_images": 256,
+    # Images of the reference set on which the declared input contract is checked before
+    # any expensive work (audit.contract_check).
+    "contract_check_images": 64,
     "checks": [],          # empty: every registered check
     "explain": True,
     "report": True,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.commands.common import positive_int
+from audit.commands.common import MODEL_HELP, add_model_options, contract_options, positive_int
 from audit.errors import InputError, UsageError
 
 __all__ = ["add_parser", "run", "collect_images", "audit_calibration"]
@@ -23,10 +23,11 @@ def add_parser(sub) -> None:
                     "threshold are flagged for a human reviewer.",
     )
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--model", required=True, help="trained model (.keras)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--audit", metavar="AUDIT_JSON", help="audit.json of this model")
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--batch-size", type=positive_int, default=64)
+    add_model_options(p)
     p.set_defaults(handler=run)
 
 
@@ -69,18 +70,18 @@ def run(args: argparse.Namespace) -> int:
     from audit.atomic import atomic_path
     from audit.predict import Predictor, softmax
     from audit.progress import progress
-    from model.io import load_model, model_hash
+    from model.loaded import load_model
 
     if not args.out.endswith(".csv"):
         raise UsageError(f"--out '{args.out}' must end in .csv")
     paths = collect_images(args.images)
-    model, metadata = load_model(args.model)
+    loaded = load_model(args.model, contract_options(args))
     temperature, threshold = 1.0, None
     if args.audit:
-        temperature, threshold = audit_calibration(args.audit, model_hash(args.model))
-    class_names = metadata["class_names"]
-    size = int(metadata["input_size"])
-    predictor = Predictor(model, batch_size=args.batch_size)
+        temperature, threshold = audit_calibration(args.audit, loaded.sha256)
+    class_names = loaded.contract.class_names
+    size, resize = loaded.contract.input_size, loaded.contract.resize
+    predictor = Predictor(loaded, batch_size=args.batch_size)
     n_unreadable = 0
     with atomic_path(args.out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         starts = range(0, len(paths), args.batch_size)
         for start in progress(starts, desc="predict", total=len(starts), unit="batch"):
             batch_paths = paths[start:start + args.batch_size]
-            images, readable = _read_batch(batch_paths, size)
+            images, readable = _read_batch(batch_paths, size, resize)
             probs = softmax(predictor.logits(images) / temperature) if len(images) else []
             row_probs = iter(probs)
             for path, problem in zip(batch_paths, readable, strict=True):
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_batch(batch_paths: list[str], size: int) -> tuple[np.ndarray, list[str | None]]:
+def _read_batch(batch_paths: list[str], size: int, resize: str
+                ) -> tuple[np.ndarray, list[str | None]]:
     """Decode a batch; an unreadable file is reported in its row, not dropped."""
     from audit.data import load_image
 
@@ -116,7 +118,7 @@ def _read_batch(batch_paths: list[str], size: int) -> tuple[np.ndarray, list[str
     images = []
     for path in batch_paths:
         try:
-            images.append(load_image(path, size))
+            images.append(load_image(path, size, resize=resize))
             problems.append(None)
         except InputError as exc:
             problems.append(str(exc).split(": ", 1)[-1])

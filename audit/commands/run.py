@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from audit.commands.common import add_data_options, load_label_map_option, positive_int
+from audit.commands.common import (
+    MODEL_HELP,
+    add_data_options,
+    add_model_options,
+    contract_options,
+    load_label_map_option,
+    positive_int,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -44,7 +51,7 @@ def add_parser(sub) -> None:
                     "OUTDIR/audit.json, OUTDIR/artifacts/ and OUTDIR/report.html.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="trained model (.keras with CellAudit metadata)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--data", action="append", required=True, metavar="ROLE=PATH",
                    help="a dataset and its role (repeatable; see below)")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder")
@@ -59,7 +66,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute model outputs")
     p.add_argument("--gate-baseline", metavar="JSON", help="after the audit, gate against this")
     p.add_argument("--gate-policy", metavar="TOML", help="gate policy (see `audit gate`)")
+    p.add_argument("--force", action="store_true",
+                   help="audit even when the quick check finds the declared input contract "
+                        "wrong (near-chance on the reference set while another is far better)")
     add_data_options(p)
+    add_model_options(p)
     p.set_defaults(handler=run)
     # The config reference imports every check: build it only when help is asked for.
     plain_help = p.format_help
@@ -93,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     specs = [parse_data_spec(item) for item in args.data]
     result = run_audit(args.model, specs, config=config, out_dir=args.out,
                        label_map=load_label_map_option(args), strict=args.strict,
-                       command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [])
+                       command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [],
+                       declared=contract_options(args), force=args.force)
     print(f"audit {result.status.value}: {args.out}/audit.json")
     for check in result.checks.values():
         print(f"  {check.status.value:5}  {check.name:12} {check.summary}")
