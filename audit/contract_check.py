@@ -97,7 +97,7 @@ def _scores(predictor, contract: InputContract, images_by_resize: dict[str, np.n
 
 def _raw_predictor(loaded, batch_size: int):
     """A predictor that applies no scaling: the candidates are scaled before the call."""
-    from audit.predict import Predictor
+    from audit.inference import Predictor
 
     raw = loaded.contract.with_(preprocess="none", channel_order="RGB")
     return Predictor(replace(loaded, contract=raw, _forward=None), batch_size=batch_size)

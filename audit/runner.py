@@ -88,7 +88,7 @@ def run_audit(
     (`audit.contract_check`); `force` audits a model that fails that check anyway.
     """
     from audit.contract_check import check_contract, enforce
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from model.io import library_versions
     from model.loaded import LoadedModel, load_model
 

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     import audit.checks.attribution as attribution
     from audit.checks.base import DatasetView
     from audit.data import load_dataset
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from audit.synthetic import CLASSES, REFERENCE_SITE, SHIFTED_SITE, write_site
     from model.build import build_classifier
 

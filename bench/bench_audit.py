@@ -173,7 +173,7 @@ class Breakdown:
 
     def install(self) -> None:
         import audit.checks.base as base
-        import audit.predict as predict
+        import audit.inference as predict
 
         base.load_builtin_checks()
         model_call = self.timed("model forward")
@@ -181,7 +181,7 @@ class Breakdown:
         self._set(base.AuditContext, "save_artifact",
                   self.timed("save artifacts (npz)")(base.AuditContext.save_artifact))
         for module, attr, wrapper in (
-            ("audit.predict", "compute_outputs", self.phased("predict")),
+            ("audit.inference", "compute_outputs", self.phased("predict")),
             ("audit.runner", "_run_check", self.phased(lambda check, *_: f"check.{check.name}")),
             ("audit.data", "iter_batches", self.waited("wait for decoded batch")),
             ("audit.data", "_scan", self.timed("file check (decode all)")),
@@ -326,8 +326,8 @@ def main(argv=None) -> int:
 def run(args, workdir: Path) -> int:
     from audit.config import load_config
     from audit.data import load_dataset, read_images
+    from audit.inference import Predictor
     from audit.labels import load_label_map
-    from audit.predict import Predictor
     from audit.runner import parse_data_spec, run_audit
     from model.io import read_metadata
     from model.loaded import load_model

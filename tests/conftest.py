@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from audit.checks.base import AuditContext, DatasetView  # noqa: E402
 from audit.data import Dataset  # noqa: E402
-from audit.predict import DatasetOutputs, softmax  # noqa: E402
+from audit.inference import DatasetOutputs, softmax  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

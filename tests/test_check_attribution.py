@@ -157,7 +157,7 @@ def synthetic_audit(tmp_path_factory):
     import keras
 
     from audit.checks.base import DatasetView
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from audit.synthetic import SiteDomain, generate, write_site
     from model.build import build_classifier
     from model.train import seed_everything

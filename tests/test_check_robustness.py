@@ -70,7 +70,7 @@ def test_relative_corruption_error():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from audit.predict import Predictor
+    from audit.inference import Predictor
     from model.build import build_classifier
 
     root = tmp_path_factory.mktemp("robustness")

@@ -149,7 +149,7 @@ def test_iter_batches_streams_in_order(folder):
 
 
 def test_cell_size_sample_is_stratified_and_seeded_by_the_dataset(tmp_path):
-    from audit.predict import cell_size_sample
+    from audit.inference import cell_size_sample
 
     rows = ["path,label"] + [f"{tmp_path}/{i}.png,{'a' if i < 30 else 'b'}" for i in range(40)]
     for i in range(40):

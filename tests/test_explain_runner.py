@@ -22,7 +22,7 @@ CHEAP = ["explain.shap_max_evals=30", "explain.lime_num_samples=20", "explain.li
 def setup(tmp_path_factory):
     from audit.checks.base import DatasetView
     from audit.data import load_dataset
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from audit.synthetic import SHIFTED_SITE, write_site
     from model.build import build_classifier
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from audit.data import Dataset
-from audit.predict import DatasetOutputs
+from audit.inference import DatasetOutputs
 from audit.results import CheckResult
 
 __all__ = ["Check", "DatasetView", "AuditContext", "REGISTRY", "register", "ROLES"]

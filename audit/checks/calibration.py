@@ -13,7 +13,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from audit.checks.base import AuditContext, Check, register
-from audit.predict import softmax
+from audit.inference import softmax
 from audit.results import CheckResult, Finding, Status
 
 __all__ = ["reliability_bins", "expected_calibration_error", "maximum_calibration_error",

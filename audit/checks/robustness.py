@@ -16,8 +16,8 @@ from audit.checks.base import AuditContext, Check, register
 from audit.checks.calibration import expected_calibration_error
 from audit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from audit.data import Dataset, iter_batches
+from audit.inference import softmax
 from audit.parallel import map_chunks
-from audit.predict import softmax
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
 

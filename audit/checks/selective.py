@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from audit.checks.base import AuditContext, Check, register
-from audit.predict import softmax
+from audit.inference import softmax
 from audit.results import CheckResult, Finding, Status, worst_status
 
 __all__ = ["risk_coverage_curve", "aurc", "fit_threshold", "accepted_accuracy", "shift_auroc",

@@ -68,7 +68,7 @@ def audit_calibration(audit_path: str, model_sha256: str) -> tuple[float, float 
 
 def run(args: argparse.Namespace) -> int:
     from audit.atomic import atomic_path
-    from audit.predict import Predictor, softmax
+    from audit.inference import Predictor, softmax
     from audit.progress import progress
     from model.loaded import load_model
 

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  finding {i}: {finding.text}")
     exit_code = 1 if result.status.value in ("FAIL", "ERROR") else 0
     if args.gate_baseline:
-        from audit.gate import gate_files
+        from audit.gating.files import gate_files
 
         gate_code = gate_files(args.gate_baseline, f"{args.out}/audit.json", policy=args.gate_policy)
         exit_code = max(exit_code, gate_code)

@@ -85,7 +85,7 @@ def explain_audit(ctx) -> dict:
     if model is None:
         return clean({"layout_version": LAYOUT_VERSION, "skipped": "no model to explain"})
     from audit.explain import load_builtin_explainers
-    from audit.predict import Predictor
+    from audit.inference import Predictor
 
     _check_config(cfg, list(load_builtin_explainers()))
     predictor = ctx.predictor  # already traced: reuse it when its batch size is the one asked
@@ -157,7 +157,7 @@ class _Run:
     def random_twin(self, name: str):
         """The explainer `name` on a copy of the model with re-initialised top layers."""
         if self._random_twins is None:
-            from audit.predict import Predictor
+            from audit.inference import Predictor
 
             network = self.model.require_graph("The model-randomisation sanity check")
             copy, self.reinitialised = randomised_copy(
