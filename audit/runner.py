@@ -18,7 +18,7 @@ from audit.labels import LabelMap
 from audit.progress import status
 from audit.results import AuditResult, CheckResult, Status
 
-__all__ = ["DataSpec", "parse_data_spec", "run_audit"]
+__all__ = ["DataSpec", "parse_data_spec", "check_specs", "run_audit"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def parse_data_spec(text: str) -> DataSpec:
     return DataSpec(role=role, name=name or role, source=source)
 
 
-def _check_specs(specs: list[DataSpec]) -> None:
+def check_specs(specs: list[DataSpec]) -> None:
     roles = [s.role for s in specs]
     if roles.count("heldout") != 1:
         raise UsageError("--data: exactly one heldout set is required (the reference), "
@@ -92,7 +92,7 @@ def run_audit(
     from model.io import library_versions
     from model.loaded import LoadedModel, load_model
 
-    _check_specs(specs)
+    check_specs(specs)
     out_dir = Path(out_dir)
     _prepare_out(out_dir)
     settings = config["audit"]

@@ -72,6 +72,22 @@ def make_context(views, *, tmp_path: Path, seed: int = 0, overrides=(), predicto
                         image_size=image_size, predictor=predictor)
 
 
+def strip_volatile(audit: dict) -> dict:
+    """audit.json without what varies between identical runs: timings (seconds, cache hits),
+    the command line and the model's absolute path."""
+    audit = {k: v for k, v in audit.items() if k not in ("timings", "command")}
+    audit["model"] = {k: v for k, v in audit["model"].items() if k != "path"}
+    audit["checks"] = {n: {k: v for k, v in c.items() if k != "seconds"}
+                       for n, c in audit["checks"].items()}
+    explanations = dict(audit.get("explanations") or {})
+    explanations.pop("timing", None)
+    if "methods" in explanations:
+        explanations["methods"] = {m: {k: v for k, v in e.items() if k != "timing"}
+                                   for m, e in explanations["methods"].items()}
+    audit["explanations"] = explanations
+    return audit
+
+
 def logits_for(labels, predictions, n_classes, *, confidence=3.0, rng=None):
     """Logits whose argmax is `predictions` (margin `confidence`), for hand-made cases."""
     predictions = np.asarray(predictions)

@@ -83,29 +83,26 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.config import load_config
-    from audit.runner import parse_data_spec, run_audit
+    """The CLI is a thin layer over `audit.api.run`: same inputs, same audit.json."""
+    from audit.api import run as run_api
+    from audit.runner import check_specs, parse_data_spec
 
-    overrides = list(args.set)
-    if args.seed is not None:
-        overrides.append(f"audit.seed={args.seed}")
-    if args.batch_size is not None:
-        overrides.append(f"audit.batch_size={args.batch_size}")
-    if args.checks:
-        names = ", ".join(f'"{c.strip()}"' for c in args.checks.split(",") if c.strip())
-        overrides.append(f"audit.checks=[{names}]")
-    if args.no_explain:
-        overrides.append("audit.explain=false")
-    if args.no_report:
-        overrides.append("audit.report=false")
-    if args.no_cache:
-        overrides.append('audit.cache_dir=""')
-    config = load_config(args.config, overrides)
     specs = [parse_data_spec(item) for item in args.data]
-    result = run_audit(args.model, specs, config=config, out_dir=args.out,
-                       label_map=load_label_map_option(args), strict=args.strict,
-                       command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [],
-                       declared=contract_options(args), force=args.force)
+    check_specs(specs)
+    by_role = {s.role: s.source for s in specs if s.role != "shifted"}
+    declared = contract_options(args)
+    result = run_api(
+        args.model, heldout=by_role["heldout"], train=by_role.get("train"),
+        shifted={s.name: s.source for s in specs if s.role == "shifted"} or None,
+        out=args.out, config=args.config, overrides=list(args.set),
+        classes=declared.classes, classes_from=declared.classes_from,
+        input_size=declared.input_size, preprocess=declared.preprocess,
+        resize=declared.resize, channel_order=declared.channel_order,
+        label_map=load_label_map_option(args), strict=args.strict, force=args.force,
+        seed=args.seed, batch_size=args.batch_size, checks=args.checks,
+        explain=False if args.no_explain else None, report=False if args.no_report else None,
+        cache=False if args.no_cache else None,
+        command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [])
     print(f"audit {result.status.value}: {args.out}/audit.json")
     for check in result.checks.values():
         print(f"  {check.status.value:5}  {check.name:12} {check.summary}")

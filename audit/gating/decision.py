@@ -87,6 +87,18 @@ class GateReport:
         return FAIL if self.failures else PASS
 
     @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the gate's Markdown table as HTML-escaped preformatted text."""
+        import html
+
+        from audit.gating.formats import format_table
+
+        return f"<pre>{html.escape(format_table(self))}</pre>"
+
+    @property
     def exit_code(self) -> int:
         return 1 if self.failures else 0
 
