@@ -179,7 +179,7 @@ def run(
             shutil.rmtree(scratch, ignore_errors=True)
             raise
     except UsageError as exc:  # one sentence, without the library's call stack
-        raise type(exc)(str(exc)) from None
+        raise exc.with_traceback(None) from None
     result.location = target
     if out is not None:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -237,7 +237,7 @@ def predict(model, images, *, audit: AuditResult | str | os.PathLike | None = No
             for i, row in enumerate(rows):
                 row["path"] = f"images[{i}]"
     except UsageError as exc:
-        raise type(exc)(str(exc)) from None
+        raise exc.with_traceback(None) from None
     try:
         import pandas
     except ImportError:
@@ -269,4 +269,4 @@ def gate(baseline: AuditResult | str | os.PathLike, current: AuditResult | str |
         return run_gate(path(baseline, "baseline"), path(current, "current"), policy=policy,
                         allow_dataset_change=allow_dataset_change)
     except UsageError as exc:
-        raise type(exc)(str(exc)) from None
+        raise exc.with_traceback(None) from None

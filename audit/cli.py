@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from audit.errors import UsageError
@@ -32,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"audit.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"audit.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"audit.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -66,9 +62,20 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that every `finally` (the atomic writers'
+    clean-up of their staging folders) runs before the process ends."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ chatter out
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -79,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: nothing was written (earlier outputs are unchanged)",
+              file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated: nothing was written (earlier outputs are unchanged)",
+              file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

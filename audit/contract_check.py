@@ -100,7 +100,8 @@ def _raw_predictor(loaded, batch_size: int):
     from audit.inference import Predictor
 
     raw = loaded.contract.with_(preprocess="none", channel_order="RGB")
-    return Predictor(replace(loaded, contract=raw, _forward=None), batch_size=batch_size)
+    return Predictor(replace(loaded, contract=raw, _forward=None, _compiled=None),
+                     batch_size=batch_size)
 
 
 def score_candidates(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,

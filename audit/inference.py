@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from audit.atomic import atomic_path
+from audit.atomic import OutputError, atomic_path
 from audit.data import Dataset, iter_batches
 from audit.progress import progress
 
@@ -50,7 +51,6 @@ class Predictor:
     """
 
     def __init__(self, model, *, batch_size: int = 64):
-        import tensorflow as tf
 
         from model.loaded import as_loaded
 
@@ -59,10 +59,9 @@ class Predictor:
         self.contract = self.loaded.contract
         self.batch_size = batch_size
         self.n_images = 0
-        size = self.contract.input_size
-        # One trace for every batch size: eager per-call overhead dominates on CPU.
-        spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-        self._run = tf.function(self.loaded.forward(), input_signature=[spec])
+        # One trace for every batch size, shared by every Predictor of this model: eager
+        # per-call overhead dominates on CPU.
+        self._run = self.loaded.compiled_forward()
 
     @property
     def image_size(self) -> int:
@@ -160,6 +159,27 @@ def _cache_file(cache_dir: Path, predictor: Predictor, dataset: Dataset,
     return cache_dir / f"outputs-{key}.npz"
 
 
+_CACHE_KEYS = ("logits", "embeddings", "phash")
+
+
+def _read_cache(path: Path, n_images: int) -> DatasetOutputs | None:
+    """The cached outputs, or None (with a warning) when the file is truncated, corrupt
+    (zip CRC, unreadable arrays) or does not fit the dataset: it is then recomputed."""
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}  # reading checks every member's CRC
+        if not set(_CACHE_KEYS) <= set(arrays) or any(
+                len(v) != n_images for v in arrays.values()):
+            raise ValueError("arrays missing or of the wrong length")
+        if not np.all(np.isfinite(arrays["logits"])):
+            raise ValueError("non-finite logits")
+        return assemble_outputs([arrays], from_cache=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means: do not trust it
+        warnings.warn(f"cache file '{path}' is unreadable or corrupt ({type(exc).__name__}: "
+                      f"{exc}); recomputing it", stacklevel=3)
+        return None
+
+
 def compute_outputs(
     dataset: Dataset,
     *,
@@ -177,8 +197,9 @@ def compute_outputs(
     if cache_dir is not None:
         cache_path = _cache_file(Path(cache_dir), predictor, dataset, cell_size_images)
         if cache_path.is_file():
-            with np.load(cache_path) as data:
-                return assemble_outputs([{k: data[k] for k in data.files}], from_cache=True)
+            cached = _read_cache(cache_path, len(dataset))
+            if cached is not None:
+                return cached
     measure_cell = cell_size_sample(dataset, cell_size_images)
     batch_size = predictor.batch_size
     batches = iter_batches(dataset, image_size=predictor.image_size, resize=predictor.resize,
@@ -189,8 +210,11 @@ def compute_outputs(
                                              total=n_batches, unit="batch")]
     outputs = assemble_outputs(parts)
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_path, suffix=".npz") as tmp:
-            np.savez(tmp, logits=outputs.logits, embeddings=outputs.embeddings,
-                     phash=outputs.phash, **{f"prop_{k}": v for k, v in outputs.properties.items()})
+        try:
+            with atomic_path(cache_path, suffix=".npz") as tmp:
+                np.savez(tmp, logits=outputs.logits, embeddings=outputs.embeddings,
+                         phash=outputs.phash,
+                         **{f"prop_{k}": v for k, v in outputs.properties.items()})
+        except OutputError as exc:  # the cache only saves time: the audit goes on without it
+            warnings.warn(f"outputs of {dataset.name} not cached: {exc}", stacklevel=2)
     return outputs

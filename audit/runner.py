@@ -61,11 +61,14 @@ def check_specs(specs: list[DataSpec]) -> None:
 
 
 def _prepare_out(out_dir: Path) -> None:
+    from audit.atomic import check_writable
+
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out '{out_dir}' exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "audit.json").exists():
         raise UsageError(f"--out '{out_dir}' is a non-empty folder without an audit.json; "
                          "refusing to replace it (choose a new or empty folder)")
+    check_writable(out_dir)
 
 
 def run_audit(
@@ -108,7 +111,8 @@ def run_audit(
     datasets = {}
     for spec in specs:
         datasets[spec.name] = (spec, load_dataset(spec.source, name=spec.name, label_map=label_map,
-                                                  class_names=class_names, strict=strict))
+                                                  class_names=class_names, strict=strict,
+                                                  input_size=image_size))
     timings["load"] = time.perf_counter() - started
 
     reference = next(ds for spec, ds in datasets.values() if spec.role == "heldout")

@@ -99,6 +99,7 @@ class LoadedModel:
     saved_model: object | None = None              # TFSMLayer of a SavedModel
     notes: list[str] = field(default_factory=list)
     _forward: object | None = field(default=None, repr=False)
+    _compiled: object | None = field(default=None, repr=False)
 
     # -- what the graph says ---------------------------------------------------------------
     @property
@@ -156,6 +157,17 @@ class LoadedModel:
         if self._forward is None:
             self._forward = self._build_forward()
         return self._forward
+
+    def compiled_forward(self):
+        """`forward` as one graph function for every batch size, traced once per model
+        (every Predictor of this model shares it: tracing costs seconds on a CPU)."""
+        if self._compiled is None:
+            import tensorflow as tf
+
+            size = self.contract.input_size
+            spec = tf.TensorSpec((None, size, size, 3), tf.float32)
+            self._compiled = tf.function(self.forward(), input_signature=[spec])
+        return self._compiled
 
     def _build_forward(self):
         from keras import ops

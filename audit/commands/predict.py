@@ -27,6 +27,11 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=run)
 
 
+# A cell a spreadsheet would run as a formula (a file or class name starting with one of these)
+# is written with a leading apostrophe: shown as text, never executed (OWASP CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
@@ -34,7 +39,8 @@ def _cell(value) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".csv"):
         raise UsageError(f"--out '{args.out}' must end in .csv")
+    from audit.atomic import check_writable
+
+    check_writable(args.out)
     paths = collect_images(args.images)
     loaded = load_model(args.model, contract_options(args))
     temperature, threshold = 1.0, None

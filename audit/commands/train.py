@@ -108,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
         imbalance=args.imbalance, patience=args.patience, seed=args.seed, augment=augment,
         stain_normalize=args.stain_normalize,
     )
+    from audit.atomic import check_writable
+
+    check_writable(out)  # before the training, not after it
     started = time.perf_counter()
-    data = load_dataset(args.data, name="train", label_map=label_map, strict=args.strict)
+    data = load_dataset(args.data, name="train", label_map=label_map, strict=args.strict,
+                        input_size=args.input_size)
     val = None
     if args.val_data:
         val = load_dataset(args.val_data, name="validation", label_map=label_map,
