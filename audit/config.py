@@ -39,6 +39,29 @@ AUDIT_DEFAULTS = {
 }
 
 
+def _audit_limits() -> dict:
+    from audit.options import count
+
+    return {"seed": count(0), "batch_size": count(1), "cell_size_images": count(0),
+            "contract_check_images": count(8)}
+
+
+def validate_config(config: dict) -> None:
+    """Every value within its range, choices and order; UsageError naming the key otherwise."""
+    from audit.checks.base import load_builtin_checks
+    from audit.explain.config import explain_limits
+    from audit.options import validate
+
+    validate(config["audit"], _audit_limits(), (), where="audit")
+    registry = load_builtin_checks()
+    unknown = sorted(set(config["audit"]["checks"]) - set(registry))
+    if unknown:
+        raise UsageError(f"audit.checks: unknown check(s) {unknown}; known: {list(registry)}")
+    validate(config["explain"], explain_limits(), (), where="explain")
+    for name, cls in registry.items():
+        validate(config["checks"][name], cls.LIMITS, cls.ORDER, where=f"checks.{name}")
+
+
 def default_config() -> dict:
     from audit.checks.base import load_builtin_checks
     from audit.explain.config import EXPLAIN_DEFAULTS
@@ -97,6 +120,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             config["labels"] = labels
     for item in overrides:
         apply_override(config, item)
+    validate_config(config)
     return config
 
 

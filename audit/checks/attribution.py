@@ -24,6 +24,7 @@ from audit.checks.base import AuditContext, Check, DatasetView, register
 from audit.data import Dataset, iter_batches
 from audit.drift import subsample
 from audit.factors import FACTORS, IMAGE_FACTORS, FactorSet, SetSample, fit_factors, step
+from audit.options import count, fraction, one_of, subset_of
 from audit.progress import progress
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
@@ -224,6 +225,12 @@ class AttributionCheck(Check):
         "explained_warn": 0.5,          # WARN: gap CI above 0 and less than this explained
         "n_examples": 2,                # example images per factor and direction (<= 96 px)
     }
+    LIMITS = {"factors": subset_of(*FACTORS), "directions": subset_of(*DIRECTIONS,
+                                                                      allow_empty=False),
+              "color_method": one_of("macenko", "reinhard"), "max_images": count(2),
+              "fit_images": count(2), "batch_size": count(1), "n_boot": count(100),
+              "min_gap": fraction(), "min_share": fraction(), "explained_warn": fraction(),
+              "n_examples": count(0)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)

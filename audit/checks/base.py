@@ -132,6 +132,8 @@ class Check:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     DEFAULTS: ClassVar[dict] = {}
+    LIMITS: ClassVar[dict] = {}    # key -> audit.options limit, checked at config load
+    ORDER: ClassVar[tuple] = ()    # (low, high) key pairs: low must not exceed high
     needs_model: ClassVar[bool] = False
 
     def run(self, ctx: AuditContext) -> CheckResult:  # pragma: no cover - interface
@@ -149,19 +151,50 @@ def register(cls: type[Check]) -> type[Check]:
 
 
 def load_builtin_checks() -> dict[str, type[Check]]:
-    """Import the check modules (they register themselves) in the order they run."""
+    """Every check, in the order it runs: the built-in modules (they register themselves),
+    then those third-party packages declare in the `cellaudit.checks` entry-point group."""
     import importlib
 
     for module in CHECK_MODULES:
-        try:
-            importlib.import_module(f"audit.checks.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"audit.checks.{module}":
-                raise
+        importlib.import_module(f"audit.checks.{module}")  # a missing module is an error
+    load_plugin_checks()
     return REGISTRY
+
+
+ENTRY_POINT_GROUP = "cellaudit.checks"
+_PLUGINS_LOADED: set[str] = set()
+
+
+def load_plugin_checks() -> None:
+    """Register the checks third-party packages publish, e.g. in their pyproject.toml:
+
+        [project.entry-points."cellaudit.checks"]
+        stain_quality = "mylab_checks.stain:StainQualityCheck"
+
+    An entry point names a Check subclass (registered here) or a module that registers its
+    checks with `@register` when imported. A plugin that fails to import is an error naming
+    it: a check that silently disappears would pass an audit it should have failed.
+    """
+    from importlib.metadata import entry_points
+
+    from audit.errors import UsageError
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.value in _PLUGINS_LOADED:
+            continue
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of a plugin
+            raise UsageError(f"check plugin '{entry.name}' ({entry.value}) cannot be loaded: "
+                             f"{type(exc).__name__}: {exc}") from None
+        _PLUGINS_LOADED.add(entry.value)
+        if isinstance(loaded, type) and issubclass(loaded, Check):
+            if REGISTRY.get(loaded.name) not in (None, loaded):
+                raise UsageError(f"check plugin '{entry.name}' ({entry.value}) is named "
+                                 f"'{loaded.name}', the name of another check")
+            REGISTRY.setdefault(loaded.name, loaded)
 
 
 # Order matters: later checks may read earlier results (findings are ranked at the end).
 CHECK_MODULES = ("performance", "calibration", "errors", "leakage", "shift", "robustness",
                  "selective", "attribution")
-

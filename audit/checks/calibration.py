@@ -14,6 +14,7 @@ from scipy.special import log_softmax
 
 from audit.checks.base import AuditContext, Check, register
 from audit.inference import softmax
+from audit.options import count, fraction
 from audit.results import CheckResult, Finding, Status
 
 __all__ = ["reliability_bins", "expected_calibration_error", "maximum_calibration_error",
@@ -122,6 +123,9 @@ class CalibrationCheck(Check):
         "ece_fail": 0.15,               # ... above this: FAIL
         "overconfidence_warn": 0.1,     # shifted set: mean confidence - accuracy above this: finding
     }
+    LIMITS = {"n_bins": count(2), "ece_warn": fraction(), "ece_fail": fraction(),
+              "overconfidence_warn": fraction()}
+    ORDER = (("ece_warn", "ece_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)

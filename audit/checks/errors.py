@@ -17,6 +17,7 @@ from scipy.stats import false_discovery_control, fisher_exact
 
 from audit.checks.base import AuditContext, Check, DatasetView, register
 from audit.imaging import PROPERTIES
+from audit.options import count, fraction
 from audit.results import CheckResult, Finding, Status
 
 __all__ = ["PropertyBins", "property_bins", "assign_bins", "slice_table", "confused_pairs",
@@ -229,6 +230,8 @@ class ErrorsCheck(Check):
         "margin": 0.05,              # a weak slice's error rate exceeds the overall by this much
         "min_slice_size": 10,        # smaller slices are reported but never flagged
     }
+    LIMITS = {"max_confused_pairs": count(0), "max_confident_errors": count(0), "n_bins": count(2),
+              "alpha": fraction(open_low=True), "margin": fraction(), "min_slice_size": count(1)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg, names, ref = ctx.check_config(self.name), ctx.class_names, ctx.reference

@@ -68,6 +68,7 @@ from audit.duplicates import (
     nearest_embedding_matches,
     nearest_hash_matches,
 )
+from audit.options import between, count, fraction
 from audit.results import CheckResult, Finding, Status
 from audit.stats import bootstrap_ci
 
@@ -399,6 +400,12 @@ class LeakageCheck(Check):
         "set_level_min_n": 20,       # fewer images with both values: no estimate
         "min_ci_n": 10,              # fewer images: accuracy without an interval
     }
+    LIMITS = {"max_hash_distance": count(0), "cosine_min": between(-1.0, 1.0),
+              "max_null_rate": fraction(), "leak_share_warn": fraction(),
+              "leak_share_fail": fraction(), "max_examples": count(0), "n_boot": count(100),
+              "set_level_quantile": fraction(open_low=True), "set_level_alpha": fraction(open_low=True),
+              "set_level_min_n": count(2), "min_ci_n": count(2)}
+    ORDER = (("leak_share_warn", "leak_share_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)

@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from audit.checks.base import AuditContext, Check, DatasetView, register
+from audit.options import count, fraction
 from audit.results import CheckResult, Finding, Status, worst_status
 from audit.stats import bootstrap_indices, interval
 
@@ -110,6 +111,10 @@ class PerformanceCheck(Check):
         "max_drop_fail": 0.15,          # ... above this: FAIL
         "min_class_recall_warn": 0.7,   # a class recalled below this on an evaluated set: finding
     }
+    LIMITS = {"n_boot": count(100), "min_accuracy_warn": fraction(), "min_accuracy_fail": fraction(),
+              "max_drop_warn": fraction(), "max_drop_fail": fraction(),
+              "min_class_recall_warn": fraction()}
+    ORDER = (("min_accuracy_fail", "min_accuracy_warn"), ("max_drop_warn", "max_drop_fail"))
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)

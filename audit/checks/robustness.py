@@ -17,6 +17,7 @@ from audit.checks.calibration import expected_calibration_error
 from audit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from audit.data import Dataset, iter_batches
 from audit.inference import softmax
+from audit.options import count, fraction, one_of, subset_of
 from audit.parallel import map_chunks
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
@@ -115,6 +116,12 @@ class RobustnessCheck(Check):
         "max_drop_fail": 0.30,          # FAIL: ... more than this
         "n_bins": 15,                   # ECE bins
     }
+    LIMITS = {"corruptions": subset_of(*CORRUPTIONS), "severities": subset_of(*SEVERITIES,
+                                                                             allow_empty=False),
+              "max_images": count(1), "batch_size": count(1),
+              "severity_for_status": one_of(*SEVERITIES), "max_drop_warn": fraction(),
+              "max_drop_fail": fraction(), "n_bins": count(2)}
+    ORDER = (("max_drop_warn", "max_drop_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from audit.checks.base import AuditContext, Check, register
 from audit.inference import softmax
+from audit.options import count, fraction
 from audit.results import CheckResult, Finding, Status, worst_status
 
 __all__ = ["risk_coverage_curve", "aurc", "fit_threshold", "accepted_accuracy", "shift_auroc",
@@ -84,6 +85,8 @@ class SelectiveCheck(Check):
         "fail_margin": 0.10,       # FAIL if a shifted set's accepted accuracy < target - margin
         "curve_points": 101,       # risk-coverage points kept in the JSON per set
     }
+    LIMITS = {"target_accuracy": fraction(open_low=True), "min_coverage_warn": fraction(),
+              "fail_margin": fraction(), "curve_points": count(2)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)

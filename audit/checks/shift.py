@@ -17,6 +17,7 @@ from audit.drift import (
     property_drift,
     subsample,
 )
+from audit.options import count, fraction, positive
 from audit.results import CheckResult, Finding, Status
 from audit.stats import bootstrap_indices, interval
 
@@ -177,6 +178,10 @@ class ShiftCheck(Check):
         "absorb_share": 0.3,     # name an absorbing class receiving at least this share of errors
         "min_errors": 5,         # ... when the shifted set has at least this many errors
     }
+    LIMITS = {"n_boot": count(100), "alpha": fraction(open_low=True), "drop_warn": fraction(),
+              "drop_fail": fraction(), "n_perm": count(20), "max_images": count(10),
+              "property_min_sd": positive(), "absorb_share": fraction(), "min_errors": count(1)}
+    ORDER = (("drop_warn", "drop_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)

@@ -44,3 +44,28 @@ EXPLAIN_DEFAULTS = {
     "stability_min_correlation": 0.3,  # flag a method whose maps correlate less than this
     "artifact_size": 128,          # side of images and maps stored in the npz (<= input size)
 }
+
+
+def explain_limits() -> dict:
+    """Ranges and choices of the `[explain]` keys (see audit.options)."""
+    from audit.corruptions import CORRUPTIONS, SEVERITIES
+    from audit.explain import load_builtin_explainers
+    from audit.explain.faithfulness import BASELINES
+    from audit.options import between, count, fraction, one_of, subset_of
+
+    methods = tuple(load_builtin_explainers())
+    return {
+        "methods": subset_of(*methods), "correct_per_class": count(0),
+        "errors_per_class": count(0), "most_confident_errors": count(0), "batch_size": count(1),
+        "gradcam_batch_size": count(1), "gradcam_min_grid": count(1), "shap_max_evals": count(10),
+        "shap_batch_size": count(1), "shap_blur_fraction": fraction(open_low=True),
+        "lime_num_samples": count(10), "lime_batch_size": count(1), "lime_segments": count(2),
+        "faithfulness_steps": count(2), "faithfulness_baseline": one_of(*BASELINES),
+        "faithfulness_blur_fraction": fraction(open_low=True),
+        "faithfulness_min_gain": between(-1.0, 1.0), "random_grid": count(2),
+        "n_boot": count(10), "sanity_methods": subset_of(*methods),
+        "sanity_max_images": count(1), "sanity_reinit_layers": count(1),
+        "sanity_max_correlation": between(-1.0, 1.0), "stability_methods": subset_of(*methods),
+        "stability_corruptions": subset_of(*CORRUPTIONS), "stability_severity": one_of(*SEVERITIES),
+        "stability_min_correlation": between(-1.0, 1.0), "artifact_size": count(8),
+    }
