@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +42,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 RESIZE_MODES = ("crop", "stretch", "pad")
 # Files that are never images and never worth a warning.
 _IGNORED_NAMES = {"manifest.csv", "site.json", "labels.csv", "readme.md", ".ds_store", "thumbs.db"}
-# Images larger than this are surely not cell crops; Pillow's bomb check would say the same.
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+# Images over this many pixels are refused from their header, before decoding: far larger than
+# any microscope field, and a decompression bomb (a small file that decodes to gigabytes) is
+# stopped before it takes the memory. A setting: CELLAUDIT_MAX_IMAGE_PIXELS.
+MAX_IMAGE_PIXELS = int(float(os.environ.get("CELLAUDIT_MAX_IMAGE_PIXELS", 100e6)))
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# A class with fewer images than this gets a warning: its rates say little.
+MIN_CLASS_IMAGES = 5
+# An image whose shorter side is below this fraction of the model input is mostly invented
+# by upscaling (3 x 3 pixels stretched to 224): warned about, refused with --strict.
+MIN_SIDE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Dataset:
     groups: tuple[str, ...] | None = None
     skipped: tuple[SkippedFile, ...] = ()
     fingerprint: str = field(default="")
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,6 +112,7 @@ class Dataset:
             "n_groups": len(set(self.groups)) if self.groups is not None else None,
             "fingerprint": self.fingerprint,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "notes": list(self.notes),
         }
 
 
@@ -143,10 +154,14 @@ def load_image(path: str | os.PathLike, size: int, *, resize: str) -> np.ndarray
         raise ValueError(f"resize must be one of {RESIZE_MODES}, received {resize!r}")
     try:
         with Image.open(path) as im:
+            too_large = _too_large(*im.size)
+            if too_large:
+                raise InputError(f"cannot read image '{path}': {too_large}")
             if resize == "crop":
                 im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
             image = _to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image '{path}': {_reason(path, exc)}") from exc
     width, height = image.size
     if resize == "crop":
@@ -206,6 +221,11 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _reason(path: str | os.PathLike, exc: BaseException) -> str:
+    if isinstance(exc, Image.DecompressionBombError):  # Pillow's own check, at twice our limit
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)) / 1e6:g} megapixels" if found else "too many pixels"
+        return (f"{pixels} is over the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels, far "
+                "larger than a microscope field (set CELLAUDIT_MAX_IMAGE_PIXELS to raise it)")
     try:
         n_bytes = os.path.getsize(path)
     except OSError:
@@ -220,25 +240,40 @@ def _reason(path: str | os.PathLike, exc: BaseException) -> str:
     return f"{message} ({n_bytes} bytes)"
 
 
-def _check_file(path: str) -> str | None:
-    """Fully decode a file to find corrupt or truncated images; returns a reason or None."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (64, 64))  # full entropy decode, reduced output: catches truncation
-            im.load()
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
-        return _reason(path, exc)
+def _too_large(width: int, height: int) -> str | None:
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"{width} x {height} pixels is over the limit of {MAX_IMAGE_PIXELS / 1e6:g} "
+                "megapixels, far larger than a microscope field (set CELLAUDIT_MAX_IMAGE_PIXELS "
+                "to raise it)")
     return None
 
 
-def _scan(paths: Sequence[str], *, max_workers: int = 4) -> list[str | None]:
+def _check_file(path: str) -> tuple[str | None, tuple[int, int] | None]:
+    """Fully decode a file to find corrupt or truncated images: (reason or None, (w, h))."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            too_large = _too_large(*size)  # from the header: refused before any decoding
+            if too_large:
+                return too_large, size
+            im.draft("RGB", (64, 64))  # full entropy decode, reduced output: catches truncation
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
+        return _reason(path, exc), None
+    return None, size
+
+
+def _scan(paths: Sequence[str], *, max_workers: int = 4
+          ) -> list[tuple[str | None, tuple[int, int] | None]]:
     # Pillow releases the GIL while decoding, so threads give real parallelism here.
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         return list(pool.map(_check_file, paths, chunksize=16))
 
 
-def _folder_entries(root: Path) -> tuple[list[tuple[str, str, str | None]], list[SkippedFile]]:
-    """(path, source label, group) for every file under class folders of `root`."""
+def _folder_entries(root: Path) -> tuple[list[tuple[str, str, str | None]], list[SkippedFile],
+                                         list[str]]:
+    """(path, source label, group) for every file under class folders of `root`, the
+    unusable files, and the class folder names."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise InputError(
@@ -258,7 +293,7 @@ def _folder_entries(root: Path) -> tuple[list[tuple[str, str, str | None]], list
                                                      f"{', '.join(IMAGE_EXTENSIONS)})"))
                     continue
                 entries.append((path, class_dir.name, None))
-    return entries, skipped
+    return entries, skipped, [d.name for d in class_dirs]
 
 
 def _manifest_entries(manifest: Path) -> list[tuple[str, str, str | None]]:
@@ -294,6 +329,7 @@ def load_dataset(
     class_names: Sequence[str] | None = None,
     strict: bool = False,
     check_files: bool = True,
+    input_size: int | None = None,
 ) -> Dataset:
     """Load a class-per-folder directory or a CSV manifest (path,label[,group]).
 
@@ -301,7 +337,9 @@ def load_dataset(
     model's classes) every remaining label must be one of them, else `InputError` lists the
     unknown ones; without, the sorted set of labels found becomes the class list.
     Unreadable files are skipped with a warning and listed in `Dataset.skipped`, or with
-    `strict=True` raise `InputError`.
+    `strict=True` raise `InputError`. So are, as warnings kept in `Dataset.notes`: a class
+    folder with no usable image, a class with fewer than `MIN_CLASS_IMAGES` images, and
+    (with `input_size`) images whose shorter side is under a quarter of the model input.
     """
     source_path = Path(source).expanduser()
     if not source_path.exists():
@@ -309,12 +347,12 @@ def load_dataset(
     label_map = label_map or LabelMap()
     if source_path.is_dir():
         root = source_path.resolve()
-        entries, skipped = _folder_entries(root)
+        entries, skipped, folders = _folder_entries(root)
         if (root / "manifest.csv").is_file() and not entries:
-            entries = _manifest_entries(root / "manifest.csv")
+            entries, folders = _manifest_entries(root / "manifest.csv"), []
     elif source_path.suffix.lower() == ".csv":
         root = source_path.resolve().parent
-        entries, skipped = _manifest_entries(source_path.resolve()), []
+        entries, skipped, folders = _manifest_entries(source_path.resolve()), [], []
         missing = [p for p, _, _ in entries if not os.path.isfile(p)]
         skipped += [SkippedFile(p, "listed in the manifest but missing") for p in missing]
         entries = [e for e in entries if os.path.isfile(e[0])]
@@ -336,10 +374,12 @@ def load_dataset(
             "(label map key 'drop')"
         )
 
+    sizes: list[tuple[int, int] | None] = [None] * len(mapped)
     if check_files and mapped:
-        reasons = _scan([p for p, _, _ in mapped])
-        bad = [SkippedFile(p, r) for (p, _, _), r in zip(mapped, reasons, strict=True) if r]
-        mapped = [e for e, r in zip(mapped, reasons, strict=True) if r is None]
+        scanned = _scan([p for p, _, _ in mapped])
+        bad = [SkippedFile(p, r) for (p, _, _), (r, _) in zip(mapped, scanned, strict=True) if r]
+        sizes = [size for r, size in scanned if r is None]
+        mapped = [e for e, (r, _) in zip(mapped, scanned, strict=True) if r is None]
         skipped = list(skipped) + bad
     if skipped:
         listing = "; ".join(f"'{s.path}': {s.reason}" for s in skipped[:5])
@@ -350,6 +390,11 @@ def load_dataset(
                       stacklevel=2)
     if not mapped:
         raise InputError(f"dataset '{source}' has no usable images")
+    notes = _set_notes(mapped, sizes, folders, label_map, input_size)
+    for note in notes:
+        if strict:
+            raise InputError(f"dataset '{source}': {note}")
+        warnings.warn(f"dataset '{source}': {note}", stacklevel=2)
 
     index = {c: i for i, c in enumerate(class_names)}
     paths = tuple(p for p, _, _ in mapped)
@@ -366,7 +411,37 @@ def load_dataset(
         if has_groups else None,
         skipped=tuple(skipped),
         fingerprint=fingerprint(str(root), paths, labels, tuple(class_names)),
+        notes=tuple(notes),
     )
+
+
+def _set_notes(mapped: list, sizes: list, folders: list[str], label_map: LabelMap,
+               input_size: int | None) -> list[str]:
+    """What makes a set weaker evidence than its size suggests (one sentence each)."""
+    notes = []
+    counts: dict[str, int] = {}
+    for _, label, _ in mapped:
+        counts[label] = counts.get(label, 0) + 1
+    for folder in folders:
+        label = label_map.apply(folder)
+        if label is not None and counts.get(label, 0) == 0:
+            notes.append(f"class folder '{folder}' holds no usable image: class {label} is "
+                         "missing from this set")
+    few = sorted((n, c) for c, n in counts.items() if n < MIN_CLASS_IMAGES)
+    if few:
+        notes.append("class(es) with fewer than " + f"{MIN_CLASS_IMAGES} images, whose rates say "
+                     "little: " + ", ".join(f"{c} ({n})" for n, c in few))
+    if input_size:
+        floor = MIN_SIDE_FRACTION * input_size
+        small = [(p, size) for (p, _, _), size in zip(mapped, sizes, strict=True)
+                 if size is not None and min(size) < floor]
+        if small:
+            shown = "; ".join(f"'{p}' ({w} x {h})" for p, (w, h) in small[:3])
+            more = f" and {len(small) - 3} more" if len(small) > 3 else ""
+            notes.append(f"{len(small)} image(s) are far smaller than the model's {input_size}-px "
+                         f"input (shorter side under {floor:g} px), so upscaling invents most of "
+                         f"their pixels: {shown}{more}")
+    return notes
 
 
 def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
@@ -381,7 +456,7 @@ def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
         raise InputError(f"dataset '{source}' does not exist; expected a folder or a CSV manifest")
     paths = sorted(str(p) for p in source_path.rglob("*") if p.is_file()
                    and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    reasons = _scan(paths)
+    reasons = [reason for reason, _ in _scan(paths)]
     skipped = tuple(SkippedFile(p, r) for p, r in zip(paths, reasons, strict=True) if r)
     if skipped and strict:
         raise InputError(f"dataset '{source}': {len(skipped)} unusable file(s), first "
