@@ -784,8 +784,9 @@ def _per_image_scores(d: Mapping, method: str, i: int) -> dict:
 
 def explanations_section(audit: Mapping, assets=None) -> dict:
     explanations = audit.get("explanations") or {}
-    attribution, _ = check_state(audit, "attribution")
-    header = _check_header(attribution)
+    # The explanations' own verdict (not the gap-factor check's, which shares a word).
+    header = {"status": explanations.get("status", "SKIP"),
+              "summary": explanations.get("headline", "")}
     if not explanations:
         enabled = _get(audit, "config", "audit", "explain", default=True)
         why = ("explanations were switched off for this run (--no-explain)" if enabled is False
@@ -817,7 +818,7 @@ def explanations_section(audit: Mapping, assets=None) -> dict:
                      "rows_reason": "" if rows else (
                          "no image was selected" if not d.get("n_images") else
                          "the explanation artifact is missing or unreadable")})
-    return {"available": True, "reason": "", **header, "has_check": attribution is not None,
+    return {"available": True, "reason": "", **header, "has_check": bool(header["summary"]),
             "methods": [{"name": METHOD_NAMES.get(m, m), "key": m, "signed": signed[m],
                          "description": (methods_meta[m] or {}).get("description", ""),
                          "flags": [(explanations.get("flag_meanings") or {}).get(f, f)
@@ -825,8 +826,8 @@ def explanations_section(audit: Mapping, assets=None) -> dict:
                         for m in methods],
             "failed": [(METHOD_NAMES.get(m, m), e.get("error")) for m, e in methods_meta.items()
                        if (e or {}).get("error")],
-            "summary": [str(x) for x in explanations.get("summary") or []],
-            "sets": sets, "findings": _findings_of(audit, "attribution")}
+            "notes": [str(x) for x in explanations.get("summary") or []],
+            "sets": sets, "findings": []}
 
 
 # ---------------------------------------------------------------- 11. selective prediction

@@ -94,8 +94,11 @@ def explain_audit(ctx) -> dict:
     run = _Run(ctx, cfg, model, predictor)
     datasets = {view.name: run.dataset(view) for view in ctx.evaluated}
     methods = run.method_entries(datasets)
+    status, headline = verdict(methods, datasets)
     return clean({
         "layout_version": LAYOUT_VERSION,
+        "status": status,
+        "headline": headline,
         "methods": methods,
         "datasets": datasets,
         "flag_meanings": FLAG_MEANINGS,
@@ -387,6 +390,34 @@ def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
 
 def _percent(x) -> str:
     return f"{100 * x:.0f}%"
+
+
+def verdict(methods: dict, datasets: dict) -> tuple[str, str]:
+    """(status, one sentence) of the explanations: WARN when a method is flagged or failed
+    (its maps should not be read as what the model looks at), PASS when every method passed
+    every test it was given."""
+    flagged, failed, passed = [], [], []
+    for m, entry in methods.items():
+        name = _NAMES.get(m, m)
+        if entry.get("error"):
+            failed.append(f"{name} could not be computed ({entry['error']})")
+            continue
+        where = sorted(d for d, e in datasets.items()
+                       if (e.get("methods", {}).get(m) or {}).get("flags"))
+        if where:
+            meanings = sorted({FLAG_MEANINGS[f] for d in where
+                               for f in datasets[d]["methods"][m]["flags"]})
+            flagged.append(f"{name} is flagged on {' and '.join(where)} ({'; '.join(meanings)})")
+        else:
+            passed.append(name)
+    parts = flagged + failed
+    if passed:
+        names = passed[0] if len(passed) == 1 else ", ".join(passed[:-1]) + " and " + passed[-1]
+        given = "it was" if len(passed) == 1 else "they were"
+        parts.append(f"{names} passed the faithfulness, sanity and stability tests {given} given")
+    sentence = "; ".join(parts) + "." if parts else "No explanation method was run."
+    sentence = sentence[0].upper() + sentence[1:]
+    return ("WARN" if flagged or failed else "PASS"), sentence
 
 
 def _summary(datasets: dict) -> list[str]:
