@@ -17,7 +17,8 @@ from audit.errors import UsageError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("synth", "train", "run", "predict", "adapt", "report", "demo", "gate", "baseline")
+COMMANDS = ("synth", "train", "run", "predict", "adapt", "report", "demo", "gate", "baseline",
+            "groups")
 
 
 class _Parser(argparse.ArgumentParser):
