@@ -44,6 +44,11 @@ def test_groups_recover_the_sources(copies, found):
     assert merged <= 0.02 * found.n_groups, (merged, found.n_groups)
     # the sizes describe the same groups
     assert found.sizes.sum() == len(copies) and len(found.sizes) == found.n_groups
+    per_class = found.per_class(copies)
+    assert sum(c["images"] for c in per_class.values()) == len(copies)
+    # no copy is filed under two labels here, so each group lies in one class
+    assert sum(c["groups"] for c in per_class.values()) == found.n_groups
+    assert all(c["groups"] >= 36 for c in per_class.values())  # 40 cells per class
 
 
 def test_threshold_is_calibrated_on_other_class_pairs(found):
@@ -195,3 +200,20 @@ def test_train_group_split_discovered_keeps_each_group_on_one_side(copies, tmp_p
     assert split["n_groups"] == len(sides) and 50 <= split["n_groups"] <= 90
     assert split["group_discovery"]["n_groups"] == split["n_groups"]
     assert split["group_discovery"]["threshold"] >= 12
+
+
+@pytest.mark.realdata
+def test_kaggle_test_copies_find_their_original_and_none_in_train(shared_data):
+    """Real augmented copies: a seeded sample of kaggle_bloodcells TEST against TEST_SIMPLE
+    (its 71 originals) and against TRAIN (made from other originals)."""
+    kaggle = shared_data / "kaggle_bloodcells"
+    test = load_dataset(kaggle / "TEST", check_files=False)
+    rng = np.random.default_rng(0)
+    sample = test.subset(np.sort(rng.choice(len(test), 120, replace=False)))
+    originals = load_dataset(kaggle / "TEST_SIMPLE", check_files=False)
+    matched = match_sources(sample, originals)
+    assert matched.share >= 0.85
+    assert matched.null.max < matched.threshold  # other-class originals never match
+    train = load_dataset(kaggle / "TRAIN", check_files=False)
+    train_sample = train.subset(np.sort(rng.choice(len(train), 400, replace=False)))
+    assert match_sources(sample, train_sample).share <= 0.02

@@ -23,6 +23,8 @@ API
         `group` (N,) int group id per image (0.., numbered by first image; `labels()` gives
         "src-<id>" strings for a manifest or `split_dataset(groups=...)`); `n_groups`;
         `sizes` and `size_distribution()` (singletons, median, p90, max);
+        `per_class(dataset)` ({class: images, groups}: distinct source cells behind each class;
+        a group holding copies filed under two labels counts in both);
         `threshold` (inliers a pair needs to link two images);
         `null` (`NullStatistics`: n_pairs, median, q99, max inliers of the other-class pairs,
         `rate_at_threshold` = share of them that would have linked, `rate_upper_95` = its

@@ -94,12 +94,15 @@ def bow_embeddings(keypoint_sets: list[Keypoints], vocabulary: Vocabulary) -> li
 
 def nearest_pairs(query: np.ndarray, reference: np.ndarray, query_labels: np.ndarray,
                   reference_labels: np.ndarray, *, k: int, same_class: bool,
-                  same_set: bool) -> tuple[np.ndarray, np.ndarray]:
+                  same_set: bool, groups: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(query index, reference index) of each query's `k` most similar references among those
     of its own class (`same_class`) or of other classes (not `same_class`, the null).
 
-    `same_set`: query and reference are one set; an image is not its own neighbour. Ties
-    break by index, so the pairs are deterministic.
+    `same_set`: query and reference are one set; an image is not its own neighbour. With
+    `groups` (one set, a group id per image) only images of other groups are neighbours:
+    the candidates that a group's own copies would otherwise crowd out. Ties break by
+    index, so the pairs are deterministic.
     """
     n, m = len(query), len(reference)
     if n == 0 or m == 0 or k < 1:
@@ -114,6 +117,8 @@ def nearest_pairs(query: np.ndarray, reference: np.ndarray, query_labels: np.nda
             allowed = ~allowed
         if same_set:
             allowed[np.arange(stop - start), np.arange(start, stop)] = False
+        if groups is not None:
+            allowed &= groups[start:stop, None] != groups[None, :]
         sims = np.where(allowed, sims, -np.inf)
         kk = min(k, m)
         # stable order: similarity descending, then index ascending

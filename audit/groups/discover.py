@@ -17,7 +17,7 @@ from audit.parallel import map_chunks
 from audit.progress import progress
 
 __all__ = ["GroupConfig", "VerifiedPair", "SourceGroups", "SourceMatches", "discover_groups",
-           "match_sources"]
+           "match_sources", "groups_from_keypoints", "matches_from_keypoints"]
 
 _VERIFY_CHUNK = 64  # pairs per worker task
 
@@ -33,6 +33,8 @@ class GroupConfig:
     contrast_threshold: float = 0.02  # SIFT's; lower than OpenCV's 0.04: smears are pale
     vocabulary_words: int = 256
     neighbours: int = 10           # candidate pairs per image (its most similar images)
+    rounds: int = 3                # 1 + rounds looking beyond each image's current group
+    beyond_neighbours: int = 5     # candidates per image in those rounds
     max_pairs: int | None = None   # budget of candidate pairs; None: neighbours x images
     null_neighbours: int = 2       # null pairs per image: its most similar other-class images
     max_null_images: int = 2000    # images (seeded sample) that contribute null pairs
@@ -47,7 +49,7 @@ class GroupConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "batch_size", "max_keypoints", "vocabulary_words",
-                     "neighbours", "min_inliers"):
+                     "neighbours", "rounds", "beyond_neighbours", "min_inliers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.image_size < 32:
@@ -86,8 +88,9 @@ class SourceGroups:
     threshold: int                  # inliers a verified pair needs to link two images
     null: NullStatistics            # the null the threshold was calibrated on
     graph: GraphSummary             # edges found, kept, dropped by the chaining guard
-    pairs_examined: int             # candidate pairs verified
+    pairs_examined: int             # candidate pairs verified (all rounds)
     null_pairs_examined: int        # null (other-class) pairs verified
+    rounds: int                     # candidate rounds run (the last found no new link)
     sample: tuple[VerifiedPair, ...]  # verified pairs: seeded sample + the weakest links kept
     timings: dict[str, float]       # seconds per stage
     keypoints_median: float         # median SIFT keypoints per image
@@ -109,6 +112,17 @@ class SourceGroups:
         return {"singletons": int(np.sum(sizes == 1)), "median": float(np.median(sizes)),
                 "p90": float(np.quantile(sizes, 0.9)), "max": int(sizes.max())}
 
+    def per_class(self, dataset: Dataset) -> dict[str, dict[str, int]]:
+        """{class: {"images", "groups"}}: how many distinct source cells stand behind each
+        class of `dataset` (the set these groups were discovered on)."""
+        if len(dataset) != len(self.group):
+            raise ValueError(f"{len(dataset)} images in '{dataset.name}', groups for "
+                             f"{len(self.group)}")
+        labels = np.asarray(dataset.labels)
+        return {name: {"images": int(np.sum(labels == c)),
+                       "groups": int(len(np.unique(self.group[labels == c])))}
+                for c, name in enumerate(dataset.class_names)}
+
     def labels(self, prefix: str = "src") -> np.ndarray:
         """Group names per image ("src-<id>") for a manifest or a group-aware split."""
         return np.array([f"{prefix}-{g}" for g in self.group], dtype=object)
@@ -119,7 +133,7 @@ class SourceGroups:
                 "sizes": self.size_distribution(), "threshold": self.threshold,
                 "null": self.null.to_dict(), "graph": self.graph.to_dict(),
                 "pairs_examined": self.pairs_examined,
-                "null_pairs_examined": self.null_pairs_examined,
+                "null_pairs_examined": self.null_pairs_examined, "rounds": self.rounds,
                 "keypoints_median": self.keypoints_median,
                 "sample": [p.to_dict() for p in self.sample],
                 "timings": self.timings, "config": self.config.to_dict()}
@@ -183,12 +197,6 @@ def _null_queries(labels: np.ndarray, config: GroupConfig) -> np.ndarray:
     return np.sort(rng.choice(n, config.max_null_images, replace=False))
 
 
-def _budgeted_k(n: int, config: GroupConfig) -> int:
-    if config.max_pairs is None or n == 0:
-        return config.neighbours
-    return max(1, min(config.neighbours, config.max_pairs // n))
-
-
 def _dedupe(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unordered pairs once each (i < j), sorted."""
     lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
@@ -210,10 +218,6 @@ def _sample(rows, cols, inliers, mirrored, threshold, config) -> tuple[VerifiedP
                  for k in chosen)
 
 
-def _class_labels(dataset: Dataset, config: GroupConfig) -> np.ndarray:
-    return np.asarray(dataset.labels) if config.within_class else np.zeros(len(dataset), int)
-
-
 def discover_groups(dataset: Dataset, *, config: GroupConfig | None = None) -> SourceGroups:
     """Group the images of `dataset` by the source cell they are copies of.
 
@@ -221,54 +225,103 @@ def discover_groups(dataset: Dataset, *, config: GroupConfig | None = None) -> S
     `neighbours` most similar images of its class in a bag-of-words embedding, within
     `max_pairs`) -> geometric verification (inliers of an affine RANSAC fit, the image also
     mirrored) -> threshold calibrated on other-class pairs -> connected components of the
-    links, each link strong or confirmed by a triangle. Deterministic for a given seed.
+    links, each link strong or confirmed by a triangle -> `rounds - 1` more rounds in which
+    each image's candidates are its most similar images *outside* its current group (the
+    links that its own copies crowded out of the first round). Deterministic for a seed.
     """
     config = config or GroupConfig()
-    timings: dict[str, float] = {}
     started = time.perf_counter()
     keypoints = extract_keypoints(dataset, image_size=config.image_size,
                                   max_keypoints=config.max_keypoints,
                                   contrast_threshold=config.contrast_threshold,
                                   batch_size=config.batch_size, desc="keypoints")
-    timings["keypoints"] = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return groups_from_keypoints(keypoints, np.asarray(dataset.labels), config=config,
+                                 timings={"keypoints": seconds})
+
+
+def groups_from_keypoints(keypoints: Keypoints, labels: np.ndarray, *, config: GroupConfig,
+                          timings: dict[str, float] | None = None) -> SourceGroups:
+    """`discover_groups` on keypoints already extracted (labels: int class per image)."""
+    timings = dict(timings or {})
+    timings.setdefault("keypoints", 0.0)
+    for stage in ("candidates", "verification", "grouping"):
+        timings[stage] = 0.0
+    n = len(keypoints)
+    labels = np.asarray(labels)
 
     started = time.perf_counter()
     vocabulary = fit_vocabulary([keypoints], words=config.vocabulary_words, seed=config.seed)
     (embedding,) = bow_embeddings([keypoints], vocabulary)
-    classes = _class_labels(dataset, config)
-    k = _budgeted_k(len(dataset), config)
+    classes = labels if config.within_class else np.zeros(n, np.int64)
+    budget = config.max_pairs if config.max_pairs is not None else config.neighbours * n
+    k = max(1, min(config.neighbours, budget // max(n, 1)))
     rows, cols = _dedupe(*nearest_pairs(embedding, embedding, classes, classes, k=k,
                                         same_class=True, same_set=True))
-    null_q = _null_queries(np.asarray(dataset.labels), config)
-    labels = np.asarray(dataset.labels)
+    null_q = _null_queries(labels, config)
     n_rows, n_cols = nearest_pairs(embedding[null_q], embedding, labels[null_q], labels,
                                    k=config.null_neighbours, same_class=False, same_set=False)
     n_rows = null_q[n_rows]
-    timings["candidates"] = time.perf_counter() - started
+    timings["candidates"] += time.perf_counter() - started
 
     started = time.perf_counter()
     inliers, mirrored = _verify(keypoints, keypoints, rows, cols, config, "verify pairs")
     null_inliers, null_mirrored = _verify(keypoints, keypoints, n_rows, n_cols, config,
                                           "verify null")
-    timings["verification"] = time.perf_counter() - started
+    timings["verification"] += time.perf_counter() - started
 
     started = time.perf_counter()
     threshold, null, cross = calibrate_threshold(null_inliers, minimum=config.min_inliers,
                                                  max_rate=config.max_null_rate)
     strong = int(np.ceil(config.strong_factor * threshold))
+    examined = len(rows)
     # copies filed under two labels are copies all the same: they link their groups
     rows, cols = np.r_[rows, n_rows[cross]], np.r_[cols, n_cols[cross]]
     inliers, mirrored = np.r_[inliers, null_inliers[cross]], np.r_[mirrored, null_mirrored[cross]]
-    group, graph = guarded_components(len(dataset), rows, cols, inliers, threshold=threshold,
-                                      strong=strong)
-    timings["grouping"] = time.perf_counter() - started
-    timings = {key: round(value, 3) for key, value in timings.items()}
+    group, graph = guarded_components(n, rows, cols, inliers, threshold=threshold, strong=strong)
+    timings["grouping"] += time.perf_counter() - started
+
+    rounds_run = 1
+    for _ in range(config.rounds - 1):
+        left = budget - examined
+        if left < 1:
+            break
+        started = time.perf_counter()
+        k = max(1, min(config.beyond_neighbours, left // max(n, 1)))
+        new_rows, new_cols = _dedupe(*nearest_pairs(embedding, embedding, classes, classes, k=k,
+                                                     same_class=True, same_set=True,
+                                                     groups=group))
+        seen = set(zip(np.minimum(rows, cols).tolist(), np.maximum(rows, cols).tolist(),
+                       strict=True))
+        fresh = np.array([(a, b) not in seen for a, b in zip(new_rows.tolist(),
+                                                             new_cols.tolist(), strict=True)],
+                         dtype=bool)
+        new_rows, new_cols = new_rows[fresh][:left], new_cols[fresh][:left]
+        timings["candidates"] += time.perf_counter() - started
+        if len(new_rows) == 0:
+            break
+        started = time.perf_counter()
+        new_inliers, new_mirrored = _verify(keypoints, keypoints, new_rows, new_cols, config,
+                                            "verify beyond groups")
+        timings["verification"] += time.perf_counter() - started
+        examined += len(new_rows)
+        rounds_run += 1
+        started = time.perf_counter()
+        rows, cols = np.r_[rows, new_rows], np.r_[cols, new_cols]
+        inliers, mirrored = np.r_[inliers, new_inliers], np.r_[mirrored, new_mirrored]
+        before = group.max() if n else 0
+        group, graph = guarded_components(n, rows, cols, inliers, threshold=threshold,
+                                          strong=strong)
+        timings["grouping"] += time.perf_counter() - started
+        if (group.max() if n else 0) == before:
+            break  # no group joined: further rounds would find the same candidates
+
     counts = keypoints.counts()
     return SourceGroups(group=group, threshold=threshold, null=null, graph=graph,
-                        pairs_examined=int(len(rows) - cross.sum()),
-                        null_pairs_examined=int(len(n_rows)),
+                        pairs_examined=int(examined), null_pairs_examined=int(len(n_rows)),
+                        rounds=rounds_run,
                         sample=_sample(rows, cols, inliers, mirrored, threshold, config),
-                        timings=timings,
+                        timings={key: round(value, 3) for key, value in timings.items()},
                         keypoints_median=float(np.median(counts)) if len(counts) else 0.0,
                         config=config)
 
@@ -289,21 +342,33 @@ def match_sources(query_dataset: Dataset, reference_dataset: Dataset, *,
     query = extract_keypoints(query_dataset, desc="keypoints (query)", **common)
     reference = extract_keypoints(reference_dataset, desc="keypoints (reference)", **common)
     timings["keypoints"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    vocabulary = fit_vocabulary([query, reference], words=config.vocabulary_words,
-                                seed=config.seed)
-    q_emb, r_emb = bow_embeddings([query, reference], vocabulary)
     names = sorted(set(query_dataset.class_names) | set(reference_dataset.class_names))
     q_labels = np.array([names.index(query_dataset.class_names[c])
                          for c in query_dataset.labels], dtype=np.int64)
     r_labels = np.array([names.index(reference_dataset.class_names[c])
                          for c in reference_dataset.labels], dtype=np.int64)
+    return matches_from_keypoints(query, reference, q_labels, r_labels, config=config,
+                                  timings=timings)
+
+
+def matches_from_keypoints(query: Keypoints, reference: Keypoints, query_labels: np.ndarray,
+                           reference_labels: np.ndarray, *, config: GroupConfig,
+                           timings: dict[str, float] | None = None) -> SourceMatches:
+    """`match_sources` on keypoints already extracted (labels: int classes, one numbering)."""
+    timings = dict(timings or {})
+    timings.setdefault("keypoints", 0.0)
+    q_labels, r_labels = np.asarray(query_labels), np.asarray(reference_labels)
+    started = time.perf_counter()
+    vocabulary = fit_vocabulary([query, reference], words=config.vocabulary_words,
+                                seed=config.seed)
+    q_emb, r_emb = bow_embeddings([query, reference], vocabulary)
     if config.within_class:
         q_cls, r_cls = q_labels, r_labels
     else:
         q_cls, r_cls = np.zeros_like(q_labels), np.zeros_like(r_labels)
-    k = _budgeted_k(len(query_dataset), config)
+    n = len(query)
+    budget = config.max_pairs if config.max_pairs is not None else config.neighbours * n
+    k = max(1, min(config.neighbours, budget // max(n, 1)))
     rows, cols = nearest_pairs(q_emb, r_emb, q_cls, r_cls, k=k, same_class=True, same_set=False)
     null_q = _null_queries(q_labels, config)
     n_rows, n_cols = nearest_pairs(q_emb[null_q], r_emb, q_labels[null_q], r_labels,
@@ -318,8 +383,8 @@ def match_sources(query_dataset: Dataset, reference_dataset: Dataset, *,
 
     threshold, null, _ = calibrate_threshold(null_inliers, minimum=config.min_inliers,
                                              max_rate=config.max_null_rate)
-    best = np.zeros(len(query_dataset), np.int64)
-    index = np.full(len(query_dataset), -1, np.int64)
+    best = np.zeros(n, np.int64)
+    index = np.full(n, -1, np.int64)
     # per query, the best-scoring candidate (ties: the lower reference index)
     order = np.lexsort((cols, -inliers, rows))
     first = np.ones(len(order), bool)

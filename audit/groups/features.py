@@ -37,6 +37,11 @@ class Keypoints:
     def __len__(self) -> int:
         return len(self.points)
 
+    def subset(self, indices) -> Keypoints:
+        picked = [int(i) for i in indices]
+        return Keypoints(tuple(self.points[i] for i in picked),
+                         tuple(self.descriptors[i] for i in picked), self.image_size)
+
     def counts(self) -> np.ndarray:
         """Keypoints per image (as is)."""
         return np.array([len(p[0]) for p in self.points], dtype=np.int64)
