@@ -16,7 +16,11 @@ How
        most similar images of other classes), the smallest inlier count reached by at most
        `max_null_rate` of the null and at least `min_inliers`.
     5. Groups: connected components of pairs at or above the threshold, each edge either
-       strong (>= `strong_factor` x threshold) or confirmed by a triangle (chaining guard).
+       strong (>= `strong_factor` x threshold) or confirmed by a triangle; weak unconfirmed
+       links may attach a lone image but never join two groups (chaining guard).
+    6. `rounds - 1` more rounds: each image's candidates are then its most similar images
+       outside its current group (the links its own copies crowded out), until no group
+       joins or the budget is spent.
 
 API
     `discover_groups(dataset, *, config=GroupConfig()) -> SourceGroups`
@@ -31,7 +35,7 @@ API
         95% upper bound per pair; times `pairs_examined` it bounds the expected number of
         false links); `graph` (`GraphSummary`: edges at threshold, kept, dropped by the
         chaining guard, `merges_prevented` = groups the guard kept apart);
-        `pairs_examined`, `null_pairs_examined`; `sample` (verified pairs with inlier counts
+        `pairs_examined` (all rounds), `null_pairs_examined`, `rounds`; `sample` (verified pairs with inlier counts
         and mirroring: a seeded random half and the weakest links kept, for thumbnails);
         `timings` (seconds: keypoints, candidates, verification, grouping);
         `to_dict()` (JSON-able, no per-image arrays).
