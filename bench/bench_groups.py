@@ -1,7 +1,7 @@
 """Source-group discovery (audit.groups): speed, peak memory and accuracy against known truth.
 
     python bench/bench_groups.py [--sets kaggle_train,kaggle_test,synthetic] [--size 224]
-        [--synthetic 200x4@112,500x4@128] [--out results.json]
+        [--synthetic 200x4@112,500x4@128] [--min-inliers 12] [--out results.json]
 
 - kaggle_train: `kaggle_bloodcells/TRAIN` (2,000 images, augmented copies of 277 originals,
   fewer in a 500-per-class sample): number of groups and their sizes; and the share of a
@@ -144,9 +144,11 @@ def main() -> int:
     parser.add_argument("--synthetic", default="200x4@112,500x4@128",
                         help="comma-separated NxC@S: N sources, C copies, S px")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-inliers", type=int, default=GroupConfig.min_inliers,
+                        help="floor of the calibrated threshold (default: GroupConfig's)")
     parser.add_argument("--out", help="write the results as JSON here too")
     args = parser.parse_args()
-    config = GroupConfig(image_size=args.size, seed=args.seed)
+    config = GroupConfig(image_size=args.size, seed=args.seed, min_inliers=args.min_inliers)
     results: dict = {"machine": machine_line(), "config": config.to_dict()}
     for name in args.sets.split(","):
         if name == "kaggle_train":

@@ -46,10 +46,17 @@ API
         `null`, `pairs_examined`, `timings`, `to_dict()`.
     `write_groups_manifest(path, dataset, groups)`: CSV path,label,group, written atomically.
 
-Limits (measured in bench/bench_groups.py): a copy whose centre square shares too little
-with its source's (a large shift) cannot be matched to it directly, only through other
-copies; candidates are limited to the same class, so a copy filed under another label is
-not looked for.
+Measured (bench/bench_groups.py, docs/case-study.md section 2b): kaggle_bloodcells TRAIN,
+2,000 images -> 260 groups (277 originals in the release); TEST -> 68 groups, ARI 0.999
+against its originals; a discovered split leaves 0.5% of validation with a verified copy in
+training, against 97% for a random split. Synthetic copies: ARI 0.94 (200 cells x 4).
+
+Limits: a copy whose centre square shares too little with its source's (a large shift) is
+linked only through other copies (4.7% of kaggle TEST could not be matched to its original);
+candidates are looked for within a class (cross-class copies are found only among the null
+pairs, and counted in `null.cross_class_copies`); the other-class null does not see chance
+matches between look-alike cells of one class (on 500 synthetic cells x 4 copies, 4 of 627
+groups joined cells at the default `min_inliers` 12, none at 15).
 """
 
 from audit.groups.calibrate import NullStatistics
