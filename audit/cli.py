@@ -20,7 +20,7 @@ from audit.errors import UsageError
 __all__ = ["main", "COMMANDS"]
 
 COMMANDS = ("synth", "train", "inspect", "run", "predict", "adapt", "report", "demo", "gate",
-            "baseline")
+            "baseline", "groups")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -97,7 +97,18 @@ STUDY_HEAD = ["--head-epochs", "10", "--finetune-epochs", "0", "--head-lr", "1e-
               "--no-color", "--no-stain"]
 
 
-KAGGLE_SPLITS = {"random": [], "grouped": ["--group-split", "near-duplicates"]}
+KAGGLE_SPLITS = {"random": [], "grouped": ["--group-split", "near-duplicates"],
+                 # source groups found by keypoint matching (audit.groups), issue 17
+                 "discovered": ["--group-split", "discovered"]}
+
+
+def split_info(model: Path) -> dict:
+    """The split block of a saved model's metadata (group counts, discovery summary)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import json; from model.io import read_metadata; "
+         f"print(json.dumps(read_metadata('{model}').get('split')))"],
+        capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def kaggle(work: Path, size: int, log: Path, results: dict, variants=tuple(KAGGLE_SPLITS)
@@ -116,7 +127,8 @@ def kaggle(work: Path, size: int, log: Path, results: dict, variants=tuple(KAGGL
              "--data", f"shifted:test={test}", "--label-map", str(WBC5), "--out", str(out),
              *(EXPLAINED if variant == "random" else AUDIT_BUDGET)], log, results)
         results[f"kaggle_{variant}"] = {"validation": metric(out / "audit.json", "heldout"),
-                                        "test": metric(out / "audit.json", "test")}
+                                        "test": metric(out / "audit.json", "test"),
+                                        "split": split_info(model)}
 
 
 def kaggle_source(work: Path, size: int, log: Path, results: dict) -> None:
@@ -213,8 +225,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--steps", default="kaggle,kaggle_source,cross,pbc8",
-                        help="any of kaggle (= kaggle_random,kaggle_grouped), kaggle_source, "
-                             "cross, pbc8")
+                        help="any of kaggle (= kaggle_random,kaggle_grouped,kaggle_discovered), "
+                             "kaggle_<variant>, kaggle_source, cross, pbc8")
     parser.add_argument("--variants", default=",".join(CROSS_VARIANTS))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reuse-models", action="store_true",

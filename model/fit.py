@@ -27,21 +27,40 @@ PREPROCESSING = {
 }
 
 
-def _split_groups(dataset: Dataset, mode: str | None, config: TrainConfig) -> np.ndarray | None:
+GROUP_SPLIT_MODES = ("manifest", "near-duplicates", "discovered")
+
+
+def _split_groups(dataset: Dataset, mode: str | None, config: TrainConfig
+                  ) -> tuple[np.ndarray | None, dict | None]:
+    """(group per image or None, summary of how the groups were found or None)."""
     if mode is None:
-        return None
+        return None, None
+    if mode not in GROUP_SPLIT_MODES:
+        raise UsageError(f"--group-split: expected one of {', '.join(GROUP_SPLIT_MODES)}, "
+                         f"received '{mode}'")
     if mode == "manifest":
         if dataset.groups is None:
             raise UsageError(f"--group-split: dataset '{dataset.root}' has no group column; use a "
-                             "CSV manifest with path,label,group or --group-split near-duplicates")
-        return np.asarray(dataset.groups)
+                             "CSV manifest with path,label,group or --group-split discovered")
+        return np.asarray(dataset.groups), None
+    if mode == "discovered":
+        from audit.groups import GroupConfig, discover_groups
+        from audit.progress import status
+
+        found = discover_groups(dataset, config=GroupConfig(seed=config.seed))
+        status(f"discovered {found.n_groups} source groups in {len(dataset)} images "
+               f"(threshold {found.threshold} inliers)")
+        summary = {key: value for key, value in found.to_dict().items()
+                   if key in ("n_groups", "sizes", "threshold", "null", "graph",
+                              "pairs_examined", "timings")}
+        return found.labels(), summary
     from audit.duplicates import near_duplicate_groups
 
     # Perceptual hashes miss augmented copies (shifted, sheared, rotated by a few degrees);
     # pretrained features link many of them, so use them whenever there are weights.
     embeddings = _pretrained_embeddings(dataset, config) if config.weights else None
     return near_duplicate_groups(dataset, embeddings=embeddings,
-                                 cosine_min=NEAR_DUPLICATE_COSINE)
+                                 cosine_min=NEAR_DUPLICATE_COSINE), None
 
 
 # Nearest-neighbour cosine of ImageNet MobileNetV2 features above which two cell crops are
@@ -82,9 +101,9 @@ def fit_and_save(
     import sys
 
     out = Path(out)
-    groups = None
+    groups, discovery = None, None
     if val_set is None:
-        groups = _split_groups(dataset, group_split, config)
+        groups, discovery = _split_groups(dataset, group_split, config)
         train_idx, val_idx = split_dataset(dataset, val_fraction=val_fraction, seed=config.seed,
                                            groups=groups)
         val_source = dataset
@@ -114,6 +133,7 @@ def fit_and_save(
                                      "group_split": group_split},
         "split": {"train": len(train_idx), "validation": len(val_idx),
                   "n_groups": int(len(np.unique(groups))) if groups is not None else None,
+                  "group_discovery": discovery,
                   "manifest": split_path.name if val_set is None else None},
         "hyperparameters": config.to_dict(),
         "seed": config.seed,

@@ -25,10 +25,12 @@ def add_parser(sub) -> None:
     val.add_argument("--val-data", help="separate validation folder or manifest")
     val.add_argument("--val-split", type=fraction, default=0.2,
                      help="validation fraction split from DATA (default 0.2)")
-    p.add_argument("--group-split", choices=("manifest", "near-duplicates"), nargs="?",
-                   const="manifest", default=None,
-                   help="keep groups on one side of the split: the manifest's group column, or "
-                        "clusters of near-duplicate images (perceptual hash)")
+    p.add_argument("--group-split", choices=("manifest", "near-duplicates", "discovered"),
+                   nargs="?", const="manifest", default=None,
+                   help="keep groups on one side of the split: the manifest's group column, "
+                        "clusters of near-duplicate images (perceptual hash), or source groups "
+                        "discovered by keypoint matching (copies of one cell under rotation, "
+                        "flips, shift, shear, zoom; see `audit groups`)")
     p.add_argument("--weights", default="imagenet",
                    help="backbone weights: 'imagenet' (needs network), a local no-top "
                         ".weights.h5 file, or 'none' (default imagenet)")
