@@ -50,7 +50,7 @@ KAGGLE = DATA / "kaggle_bloodcells"
 
 def decode_baseline(dataset, size: int) -> Timer:
     with Timer() as timer:
-        for _ in iter_batches(dataset, image_size=size, batch_size=64):
+        for _ in iter_batches(dataset, image_size=size, resize="crop", batch_size=64):
             pass
     return timer
 

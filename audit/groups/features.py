@@ -91,7 +91,7 @@ def extract_keypoints(dataset: Dataset, *, image_size: int, max_keypoints: int,
         sift = _sift(max_keypoints, contrast_threshold)  # one detector per worker thread
         return [describe_image(im, sift) for im in images]
 
-    batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
+    batches = iter_batches(dataset, image_size=image_size, resize="crop", batch_size=batch_size)
     total = -(-len(dataset) // batch_size)
     for images, _ in progress(batches, desc=desc, total=total, unit="batch"):
         for part in map_chunks(describe, list(images), chunk=16):
