@@ -2,8 +2,12 @@
 temperature scaling fitted on the reference set?
 
 ECE, adaptive ECE, MCE, reliability bins (top label), Brier score, NLL and class-wise ECE per
-evaluated set. The temperature is fitted on the reference logits only, then applied everywhere,
-so a shifted set's calibration after scaling shows what a reference-only fix leaves behind.
+evaluated set. On the reference, "after" is out-of-fold: the reference is cut into k folds
+(seeded, stratified, whole groups together) and each fold is scaled by a temperature fitted on
+the other folds, so the improvement is not measured on the images it was fitted on. The
+temperature that ships (to `audit predict` and to shifted sets) is refitted on the whole
+reference; its in-sample figures are kept under `after_in_sample`, labelled as such. A shifted
+set's calibration after scaling shows what a reference-only fix leaves behind.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from scipy.special import log_softmax
 from audit.checks.base import AuditContext, Check, register
 from audit.predict import softmax
 from audit.results import CheckResult, Finding, Status
+from audit.stats import crossfit_folds, few_images_note
 
 __all__ = ["reliability_bins", "expected_calibration_error", "maximum_calibration_error",
            "classwise_ece", "brier_score", "negative_log_likelihood", "fit_temperature",
-           "calibration_metrics", "CalibrationCheck"]
+           "calibration_metrics", "crossfit_temperature", "reference_folds", "CalibrationCheck"]
 
 _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
@@ -93,9 +98,33 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def crossfit_temperature(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray | None
+                         ) -> tuple[np.ndarray, list[float]]:
+    """(temperature per image, one per fold): image i gets the temperature fitted on the folds
+    it is not in. Without folds (too few images), every image gets the in-sample fit."""
+    if folds is None:
+        t = fit_temperature(logits, labels)
+        return np.full(len(labels), t), [t]
+    per_image, temps = np.empty(len(labels)), []
+    for j in range(int(folds.max()) + 1):
+        held = folds == j
+        t = fit_temperature(logits[~held], labels[~held])
+        per_image[held] = t
+        temps.append(t)
+    return per_image, temps
+
+
+def reference_folds(ctx: AuditContext, k: int) -> np.ndarray | None:
+    """The reference's cross-fitting folds: the same for every check that cross-fits."""
+    ref = ctx.reference
+    seed = int(ctx.rng("crossfit", ref.name).integers(2 ** 31))
+    return crossfit_folds(ref.labels, k=k, seed=seed, groups=ref.groups)
+
+
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], *,
-                        n_bins: int = 15, temperature: float = 1.0) -> dict:
-    """Everything the check reports for one set at one temperature."""
+                        n_bins: int = 15, temperature: float | np.ndarray = 1.0) -> dict:
+    """Everything the check reports for one set at one temperature (or one per image)."""
+    temperature = np.reshape(temperature, (-1, 1)) if np.ndim(temperature) else temperature
     probs = softmax(logits / temperature)
     confidence, accuracy = probs.max(axis=1).mean(), np.mean(probs.argmax(axis=1) == labels)
     return {
@@ -121,19 +150,30 @@ class CalibrationCheck(Check):
         "ece_warn": 0.05,               # uncalibrated reference ECE above this: WARN
         "ece_fail": 0.15,               # ... above this: FAIL
         "overconfidence_warn": 0.1,     # shifted set: mean confidence - accuracy above this: finding
+        "folds": 5,                     # cross-fitting folds on the reference (out-of-fold "after")
     }
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)
         ref, n_bins = ctx.reference, int(cfg["n_bins"])
         temperature = fit_temperature(ref.logits, ref.labels)
-        datasets = {
-            view.name: {"role": view.role, "n": len(view),
-                        **{stage: calibration_metrics(view.logits, view.labels, ctx.class_names,
-                                                      n_bins=n_bins, temperature=t)
-                           for stage, t in (("before", 1.0), ("after", temperature))}}
-            for view in ctx.evaluated}
+        folds = reference_folds(ctx, int(cfg["folds"]))
+        per_image, fold_temperatures = crossfit_temperature(ref.logits, ref.labels, folds)
+        datasets = {}
+        for view in ctx.evaluated:
+            metrics = {stage: calibration_metrics(view.logits, view.labels, ctx.class_names,
+                                                  n_bins=n_bins, temperature=t)
+                       for stage, t in (("before", 1.0), ("after", temperature))}
+            basis = "fitted on the reference"
+            if view is ref:
+                metrics["after_in_sample"] = metrics["after"]
+                metrics["after"] = calibration_metrics(ref.logits, ref.labels, ctx.class_names,
+                                                       n_bins=n_bins, temperature=per_image)
+                basis = "out_of_fold" if folds is not None else "in_sample"
+            datasets[view.name] = {"role": view.role, "n": len(view), "after_basis": basis,
+                                   **metrics}
         before, after = datasets[ref.name]["before"], datasets[ref.name]["after"]
+        oof = "out-of-fold" if folds is not None else "in-sample: too few images to cross-fit"
         status = (Status.FAIL if before["ece"] > cfg["ece_fail"] else
                   Status.WARN if before["ece"] > cfg["ece_warn"] else Status.PASS)
         findings = []
@@ -142,19 +182,25 @@ class CalibrationCheck(Check):
                 check=self.name, dataset=ref.name, impact=before["ece"], kind="miscalibration",
                 text=(f"On {ref.name} the model's confidence is off by {_pct(before['ece'])} points "
                       f"on average (ECE; {_direction(before['overconfidence'])}); temperature "
-                      f"scaling with T={temperature:.2f} brings it to {_pct(after['ece'])} points."),
+                      f"scaling with T={temperature:.2f} brings it to {_pct(after['ece'])} points "
+                      f"({oof}, n={len(ref)}){few_images_note(len(ref))}."),
                 action=f"apply temperature scaling (T={temperature:.2f}) to the model's outputs",
                 evidence={"ece_before": before["ece"], "ece_after": after["ece"],
                           "temperature": temperature}))
         for view in ctx.shifted:
             findings += _overconfidence(view.name, datasets[view.name], ref.name, temperature,
                                         limit=cfg["overconfidence_warn"], check=self.name)
-        summary = (f"ECE on {ref.name} is {before['ece']:.3f} before and {after['ece']:.3f} after "
-                   f"temperature scaling (T={temperature:.2f}); the status uses the uncalibrated "
-                   "value.")
+        summary = (f"ECE on {ref.name} (n={len(ref)}) is {before['ece']:.3f} before and "
+                   f"{after['ece']:.3f} after temperature scaling ({oof}; T={temperature:.2f} "
+                   "refitted on the whole reference is what ships); the status uses the "
+                   "uncalibrated value.")
         return CheckResult(self.name, status, summary, findings=findings, metrics={
             "reference": ref.name, "temperature": temperature, "n_bins": n_bins,
-            "status_basis": "before", "datasets": datasets})
+            "status_basis": "before", "datasets": datasets,
+            "crossfit": {"folds": None if folds is None else int(folds.max()) + 1,
+                         "grouped": ref.groups is not None,
+                         "fold_temperatures": fold_temperatures,
+                         "reference_after": "out_of_fold" if folds is not None else "in_sample"}})
 
 
 def _overconfidence(name: str, metrics: dict, reference: str, temperature: float, *, limit: float,
