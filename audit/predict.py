@@ -21,7 +21,7 @@ from audit.progress import progress
 __all__ = ["DatasetOutputs", "Predictor", "forward_model", "compute_outputs", "softmax",
            "cell_size_sample", "CACHE_VERSION"]
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"  # 4: usability properties and source sizes
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def compute_outputs(
                 return DatasetOutputs(data["logits"], softmax(data["logits"]), data["embeddings"],
                                       props, data["phash"], from_cache=True)
     from audit.duplicates import dihedral_hashes
-    from audit.imaging import image_properties
+    from audit.imaging import image_properties, image_usability, source_sizes
 
     logits, embeddings, hashes, props = [], [], [], []
     measure_cell = cell_size_sample(dataset, cell_size_images)
@@ -167,7 +167,9 @@ def compute_outputs(
         logits.append(lo)
         embeddings.append(em)
         hashes.append(dihedral_hashes(images))
-        props.append(image_properties(images, cell_size=measure_cell[indices]))
+        width, height = source_sizes([dataset.paths[i] for i in indices])
+        props.append({**image_properties(images, cell_size=measure_cell[indices]),
+                      **image_usability(images), "source_width": width, "source_height": height})
     logits_arr = np.concatenate(logits)
     outputs = DatasetOutputs(
         logits=logits_arr,

@@ -147,5 +147,5 @@ def load_builtin_checks() -> dict[str, type[Check]]:
 
 # Order matters: later checks may read earlier results (findings are ranked at the end).
 CHECK_MODULES = ("performance", "calibration", "errors", "leakage", "shift", "robustness",
-                 "selective", "attribution")
+                 "selective", "safety", "label_issues", "attribution")
 

@@ -17,6 +17,7 @@ from audit.drift import (
     property_drift,
     subsample,
 )
+from audit.imaging import PROPERTIES
 from audit.results import CheckResult, Finding, Status
 from audit.stats import bootstrap_indices, interval
 
@@ -225,7 +226,8 @@ class ShiftCheck(Check):
         ref_idx, sh_idx = self._drift_sample(ctx, cfg, ref, view)
         props = {k: property_drift(ref.outputs.properties[k][ref_idx], v[sh_idx],
                                    circular=(k == "hue"))
-                 for k, v in view.outputs.properties.items() if k in ref.outputs.properties}
+                 for k, v in view.outputs.properties.items()
+                 if k in ref.outputs.properties and k in PROPERTIES}
         x, y = ref.outputs.embeddings[ref_idx], view.outputs.embeddings[sh_idx]
         embedding = mmd_permutation_test(x, y, n_perm=int(cfg["n_perm"]),
                                          rng=ctx.rng(self.name, view.name, "mmd"))
