@@ -15,8 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audit.checks.calibration import crossfit_temperature, expected_calibration_error, \
-    fit_temperature
+from audit.checks.calibration import (
+    crossfit_temperature,
+    expected_calibration_error,
+    fit_temperature,
+)
 from audit.checks.label_issues import label_issues
 from audit.checks.selective import fit_threshold, guaranteed_threshold
 from audit.predict import softmax
