@@ -19,7 +19,7 @@ from audit.drift import (
 )
 from audit.imaging import PROPERTIES
 from audit.results import CheckResult, Finding, Status
-from audit.stats import bootstrap_indices, interval
+from audit.stats import bootstrap_indices, few_images_note, interval
 
 __all__ = ["ShiftCheck", "accuracy_drop_ci", "prior_shift_decomposition", "confidence_summary",
            "absorbing_classes", "describe_property_drift"]
@@ -274,9 +274,11 @@ class ShiftCheck(Check):
             w = per_class[worst]
             before = (f"from {w['acc_ref']:.0%} on {ref.name}" if np.isfinite(w["acc_ref"])
                       else f"(absent from {ref.name})")
+            n_class = int(np.sum(view.labels == ctx.class_names.index(worst)))
             out.append(Finding(
                 self.name, f"{worst} accuracy falls {before} to {w['acc_shifted']:.0%} on "
-                f"{name}: {100 * part:.1f} of the {100 * drop:.1f} accuracy points lost.",
+                f"{name} (n={n_class}): {100 * part:.1f} of the {100 * drop:.1f} accuracy "
+                f"points lost{few_images_note(n_class)}.",
                 f"collect labelled images of {worst} from {name}", dataset=name,
                 gap_share=float(min(part / drop, 1.0)), impact=part, kind="class_accuracy",
                 evidence={"class": worst, **w}))
