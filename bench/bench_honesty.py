@@ -142,13 +142,15 @@ def compare_reference_and_fresh(name: str, ref_logits, ref_labels, fresh_logits,
     folds = crossfit_folds(ref_labels, k=FOLDS, seed=seed)
     per_image, _ = crossfit_temperature(ref_logits, ref_labels, folds)
     n_fresh = len(fresh_labels)
+    # Fresh "folds" of the reference folds' size, so binned figures compare like with like.
+    fresh_folds = np.arange(n_fresh) // max(len(ref_labels) // FOLDS, 1)
     rows = [["ECE before", f"{_ece(ref_logits, ref_labels, 1.0):.4f}", "-",
              f"{_ece(fresh_logits, fresh_labels, 1.0):.4f}"],
             ["ECE after (whole set)", f"{_ece(ref_logits, ref_labels, t):.4f}", "-",
              f"{_ece(fresh_logits, fresh_labels, t):.4f}"],
             ["ECE after (by fold)", f"{_fold_ece(ref_logits, ref_labels, folds, np.full(len(ref_labels), t)):.4f}",
              f"{_fold_ece(ref_logits, ref_labels, folds, per_image):.4f}",
-             f"{_fold_ece(fresh_logits, fresh_labels, np.arange(n_fresh) % FOLDS, np.full(n_fresh, t)):.4f}"]]
+             f"{_fold_ece(fresh_logits, fresh_labels, fresh_folds, np.full(n_fresh, t)):.4f}"]]
     conf = softmax(ref_logits / t).max(axis=1)
     correct = ref_logits.argmax(axis=1) == ref_labels
     fresh_conf = softmax(fresh_logits / t).max(axis=1)
