@@ -61,8 +61,9 @@ def collect_images(items: list[str]) -> list[str]:
     return paths
 
 
-def audit_calibration(audit_path: str, model_sha256: str) -> tuple[float, float | None]:
-    """(temperature, referral threshold) that the audit fitted for this very model."""
+def audit_calibration(audit_path: str, model_sha256: str) -> tuple[float, float | None, bool]:
+    """(temperature, referral threshold, whether the audit's selective check certified none)
+    that the audit fitted for this very model."""
     try:
         audit = json.loads(Path(audit_path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -74,7 +75,8 @@ def audit_calibration(audit_path: str, model_sha256: str) -> tuple[float, float 
     temperature = checks.get("calibration", {}).get("metrics", {}).get("temperature") or 1.0
     threshold = checks.get("selective", {}).get("metrics", {}).get("threshold", {})
     calibrated = threshold.get("calibrated", False)
-    return (float(temperature) if calibrated else 1.0), threshold.get("value")
+    none_certified = "guarantee" in threshold and threshold.get("value") is None
+    return (float(temperature) if calibrated else 1.0), threshold.get("value"), none_certified
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
     from audit.safety import USABILITY_DEFAULTS, reasons_text
 
     temperature, threshold, rules = 1.0, None, SafetyRules(dict(USABILITY_DEFAULTS))
+    none_certified = False
     if args.audit:
-        temperature, threshold = audit_calibration(args.audit, model_hash(args.model))
+        temperature, threshold, none_certified = audit_calibration(args.audit,
+                                                                   model_hash(args.model))
         rules = audit_safety(args.audit)
     class_names = metadata["class_names"]
     size = int(metadata["input_size"])
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 p = probs[i]
                 top = int(np.argmax(p))
                 reasons = [reasons_text(flags[i])] if flags[i] else []
-                if args.audit and threshold is None:
+                if none_certified:
                     reasons.append("the audit certified no referral threshold")
                 elif threshold is not None and p[top] < threshold:
                     reasons.append("confidence below the referral threshold")
