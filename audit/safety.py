@@ -119,7 +119,7 @@ class OODModel:
                    np.asarray(arrays["ood_components"], np.float64),
                    np.asarray(arrays["ood_variances"], np.float64),
                    float(arrays["ood_residual_variance"]),
-                   None if not np.isfinite(threshold) else threshold)
+                   None if np.isnan(threshold) else threshold)  # +inf: too few to set one
 
 
 def fit_ood(embeddings: np.ndarray, labels: np.ndarray, *, n_components: int = 64) -> OODModel:

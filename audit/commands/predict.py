@@ -122,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
     from audit.atomic import atomic_path
     from audit.predict import Predictor, softmax
     from audit.progress import progress
+    from audit.safety import USABILITY_DEFAULTS, reasons_text
     from model.io import load_model, model_hash
 
     if not args.out.endswith(".csv"):
         raise UsageError(f"--out '{args.out}' must end in .csv")
     paths = collect_images(args.images)
     model, metadata = load_model(args.model)
-    from audit.safety import USABILITY_DEFAULTS, reasons_text
 
     temperature, threshold, rules = 1.0, None, SafetyRules(dict(USABILITY_DEFAULTS))
     none_certified = False
