@@ -215,3 +215,14 @@ def test_real_cells_pass_and_blank_noise_tiny_and_non_cell_images_are_flagged(tm
     print(f"flagged: {rates}; held-out PBC cells: {held_rate:.3f}")
     assert all(rate >= 0.95 for rate in rates.values()), rates
     assert held_rate <= 0.10
+
+
+def test_too_few_reference_images_give_an_infinite_threshold_that_round_trips():
+    """With 6 images no score is the 95th percentile of 7: nothing can be called unlike them."""
+    from audit.safety import crossfit_ood
+
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    model, _ = crossfit_ood(x, np.array([0, 0, 0, 1, 1, 1]), None, false_alarm=0.05)
+    again = OODModel.from_arrays(model.to_arrays())
+    assert model.threshold == again.threshold == float("inf")
+    assert not again.flags(x + 100.0).any()
