@@ -17,7 +17,8 @@ from audit.errors import UsageError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("synth", "train", "run", "predict", "adapt", "report", "demo", "gate", "baseline")
+COMMANDS = ("synth", "train", "inspect", "run", "predict", "adapt", "report", "demo", "gate",
+            "baseline")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +51,7 @@ def _version() -> str:
         return "cellaudit (not installed)"
 
 
-_NEEDS_TENSORFLOW = {"train", "run", "predict", "adapt", "demo"}
+_NEEDS_TENSORFLOW = {"train", "inspect", "run", "predict", "adapt", "demo"}
 
 
 def _import_tensorflow_quietly() -> None:

@@ -30,6 +30,9 @@ AUDIT_DEFAULTS = {
     # per image: measured on a seeded, class-stratified sample of this many images per set
     # (enough for drift tests and slices); 0 = every image.
     "cell_size_images": 256,
+    # Images of the reference set on which the declared input contract is checked before
+    # any expensive work (audit.contract_check).
+    "contract_check_images": 64,
     "checks": [],          # empty: every registered check
     "explain": True,
     "report": True,
@@ -69,8 +72,17 @@ def _merge(base: dict, update: dict, *, where: str) -> None:
             base[key] = float(value) if isinstance(default, float) else value
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict:
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (),
+                table: dict | None = None) -> dict:
+    """Defaults, then the TOML file at `path` (or a `table` of the same shape, from Python),
+    then `--set` overrides; every key checked against the defaults."""
     config = default_config()
+    if table is not None:
+        table = copy.deepcopy(dict(table))
+        labels = table.pop("labels", None)
+        _merge(config, table, where="config")
+        if labels is not None:
+            config["labels"] = labels
     if path is not None:
         path = Path(path)
         try:

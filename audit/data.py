@@ -24,6 +24,7 @@ from audit.labels import LabelMap
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "RESIZE_MODES",
     "Dataset",
     "SkippedFile",
     "load_dataset",
@@ -31,11 +32,13 @@ __all__ = [
     "load_unlabelled",
     "iter_batches",
     "read_images",
+    "tf_bilinear",
     "fingerprint",
     "default_data_root",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+RESIZE_MODES = ("crop", "stretch", "pad")
 # Files that are never images and never worth a warning.
 _IGNORED_NAMES = {"manifest.csv", "site.json", "labels.csv", "readme.md", ".ds_store", "thumbs.db"}
 # Images larger than this are surely not cell crops; Pillow's bomb check would say the same.
@@ -117,28 +120,76 @@ def fingerprint(root: str, paths: Sequence[str], labels: np.ndarray, class_names
     return digest.hexdigest()
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode one image to a (size, size, 3) uint8 RGB array.
+def load_image(path: str | os.PathLike, size: int, *, resize: str) -> np.ndarray:
+    """Decode one image to a (size, size, 3) uint8 RGB array, resized the model's way.
 
-    The one preprocessing step shared by training, audit and explanations: convert to RGB
-    (grayscale is replicated; transparency is composited onto white, the colour of an empty
-    slide), centre-crop to a square (cell crops are centred, so cropping keeps the cell's
-    shape instead of squashing it), then resize with Pillow's antialiased bilinear filter.
-    Raises `InputError` naming the file when it cannot be decoded.
+    The one decoding step shared by training, audit, explanations and prediction: convert to
+    RGB (grayscale is replicated; transparency is composited onto white, the colour of an
+    empty slide; 16-bit is scaled, not clipped), then bring it to the model's input size as
+    its input contract says (`model.contract`):
+
+        crop     centre square crop, then Pillow's antialiased bilinear resize (CellAudit's
+                 own models)
+        stretch  the whole image resized to size x size (aspect ratio lost), exactly as Keras'
+                 `image_dataset_from_directory` does by default: TensorFlow's bilinear filter
+                 (half-pixel centres, no antialiasing) on the fully decoded image
+        pad      resized to fit inside size x size with that filter, then padded with black,
+                 as `tf.image.resize_with_pad` (Keras' `pad_to_aspect_ratio=True`)
+
+    Keras' loaders keep float pixels; here they are rounded to uint8 (at most half a grey
+    level). Raises `InputError` naming the file when it cannot be decoded.
     """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, received {resize!r}")
     try:
         with Image.open(path) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+            if resize == "crop":
+                im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
             image = _to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot read image '{path}': {_reason(path, exc)}") from exc
     width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(image, dtype=np.uint8)
+    if resize == "crop":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        if side != size:
+            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return np.asarray(image, dtype=np.uint8)
+    pixels = np.asarray(image, dtype=np.float32)
+    if resize == "stretch":
+        return _to_uint8(tf_bilinear(pixels, size, size))
+    # pad: tf.image.resize_with_pad's arithmetic (floor sizes and offsets)
+    ratio = max(width / size, height / size)
+    inner_h, inner_w = max(1, int(height / ratio)), max(1, int(width / ratio))
+    canvas = np.zeros((size, size, 3), np.float32)
+    top, left = (size - inner_h) // 2, (size - inner_w) // 2
+    canvas[top:top + inner_h, left:left + inner_w] = tf_bilinear(pixels, inner_h, inner_w)
+    return _to_uint8(canvas)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TensorFlow's bilinear sampling along one axis (half-pixel centres, no antialiasing)."""
+    coord = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    low = np.floor(coord)
+    frac = (coord - low).astype(np.float32)
+    lower = np.clip(low, 0, n_in - 1).astype(np.int64)
+    upper = np.clip(np.ceil(coord), 0, n_in - 1).astype(np.int64)
+    return lower, upper, frac
+
+
+def tf_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`tf.image.resize(pixels, (height, width), "bilinear")` in NumPy (float32)."""
+    if pixels.shape[:2] == (height, width):
+        return pixels.astype(np.float32)
+    top, bottom, fy = _bilinear_axis(pixels.shape[0], height)
+    left, right, fx = _bilinear_axis(pixels.shape[1], width)
+    rows = pixels[top] * (1 - fy)[:, None, None] + pixels[bottom] * fy[:, None, None]
+    return rows[:, left] * (1 - fx)[None, :, None] + rows[:, right] * fx[None, :, None]
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -344,18 +395,19 @@ def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
                    skipped=skipped, fingerprint=fingerprint(root, paths, labels, ("unlabelled",)))
 
 
-def read_images(paths: Sequence[str], size: int, *, max_workers: int = 4) -> np.ndarray:
+def read_images(paths: Sequence[str], size: int, *, resize: str,
+                max_workers: int = 4) -> np.ndarray:
     """Decode `paths` into one (N, size, size, 3) uint8 batch, in parallel threads."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     if not paths:
         return out
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        for i, image in enumerate(pool.map(lambda p: load_image(p, size), paths)):
+        for i, image in enumerate(pool.map(lambda p: load_image(p, size, resize=resize), paths)):
             out[i] = image
     return out
 
 
-def iter_batches(dataset: Dataset, *, image_size: int, batch_size: int = 64
+def iter_batches(dataset: Dataset, *, image_size: int, resize: str, batch_size: int = 64
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (images uint8 (B, S, S, 3), indices) in dataset order; only one batch in memory."""
     if batch_size < 1:
@@ -366,7 +418,7 @@ def iter_batches(dataset: Dataset, *, image_size: int, batch_size: int = 64
             indices = np.arange(start, min(start + batch_size, len(dataset)))
             # Decode the next batch while the caller works on this one.
             future = pool.submit(read_images, [dataset.paths[i] for i in indices], image_size,
-                                 max_workers=2)
+                                 resize=resize, max_workers=2)
             if pending is not None:
                 yield pending[0].result(), pending[1]
             pending = (future, indices)

@@ -416,7 +416,7 @@ def near_duplicate_groups(dataset: Dataset, *, image_size: int = 64,
     (N, D), e.g. from a pretrained backbone, an image is also linked to its most similar
     other image when their cosine similarity is at least `cosine_min`.
     """
-    batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
+    batches = iter_batches(dataset, image_size=image_size, resize="crop", batch_size=batch_size)
     hashes = (np.concatenate([dihedral_hashes(images) for images, _ in batches]) if len(dataset)
               else np.empty((0, N_DIHEDRAL), np.uint64))
     rows, cols = hash_pairs(hashes, max_distance=max_distance)

@@ -1,4 +1,5 @@
-"""Progress display: a bar on a terminal, silent otherwise (CI logs, pipes)."""
+"""Progress display: a bar on a terminal or in a Jupyter notebook, silent otherwise (CI logs,
+pipes, headless notebook runs)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,19 @@ T = TypeVar("T")
 
 
 def _interactive() -> bool:
-    return sys.stderr.isatty()
+    """A terminal, or a Jupyter kernel (tqdm.auto then draws a notebook bar)."""
+    return sys.stderr.isatty() or _in_jupyter()
+
+
+def _in_jupyter() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except AttributeError:
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
 def progress(items: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:

@@ -7,8 +7,10 @@ non-finite floats become None (`clean`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,8 @@ SCHEMA_VERSION = "1.0"
 
 
 class Status(str, Enum):
+    """A check's outcome against its thresholds (ordered SKIP < PASS < WARN < FAIL < ERROR)."""
+
     PASS = "PASS"
     WARN = "WARN"
     FAIL = "FAIL"
@@ -83,6 +87,9 @@ class Finding:
 
 @dataclass
 class CheckResult:
+    """One check's outcome: `status`, a one-sentence `summary`, its numbers (`metrics`, the
+    layout of each check in docs/audit-json.md), its `findings` and the artifacts it wrote."""
+
     name: str
     status: Status
     summary: str
@@ -117,6 +124,15 @@ class CheckResult:
 
 @dataclass
 class AuditResult:
+    """The result of one audit: what `audit.json` holds, as objects.
+
+    `status` is the worst check status; `findings` are ranked (the largest measured share of
+    an accuracy gap first); `checks[name].metrics` holds each check's numbers. `location` is
+    the folder holding `audit.json`, its artifacts and the report (a temporary folder when
+    `audit.run` was given no `out`; `save` copies it). In Jupyter, a result shown as the last
+    line of a cell renders the self-contained report inline.
+    """
+
     model: dict
     datasets: dict[str, dict]
     config: dict
@@ -127,10 +143,73 @@ class AuditResult:
     command: list[str] = field(default_factory=list)
     explanations: dict = field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
+    location: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def status(self) -> Status:
         return worst_status(c.status for c in self.checks.values())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AuditResult:
+        """Read an `audit.json` (or the folder holding it)."""
+        import json
+
+        from audit.errors import InputError
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "audit.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            result = cls.from_dict(data)
+        except OSError as exc:
+            raise InputError(f"cannot read audit '{path}': {exc.strerror or exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"'{path}' is not a CellAudit audit.json: {exc}") from None
+        result.location = path.parent
+        return result
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write audit.json, its artifacts and report.html to `folder`, atomically: the files
+        the CLI writes. Returns the folder."""
+        import shutil
+
+        from audit.atomic import atomic_dir, write_json
+        from audit.errors import UsageError
+
+        target = Path(folder)
+        if target.exists() and (not target.is_dir() or (any(target.iterdir())
+                                                         and not (target / "audit.json").exists())):
+            raise UsageError(f"save: '{target}' exists and is not an empty folder or an audit "
+                             "folder; choose a new or empty folder")
+        if self.location is not None and target.resolve() == Path(self.location).resolve():
+            return target
+        with atomic_dir(target) as staging:
+            if self.location is not None and (Path(self.location) / "artifacts").is_dir():
+                shutil.copytree(Path(self.location) / "artifacts", staging / "artifacts")
+            write_json(staging / "audit.json", self.to_dict())
+            (staging / "report.html").write_text(self.report_html(), encoding="utf-8")
+        return target
+
+    def report_html(self) -> str:
+        """The self-contained HTML report (the one `audit run` writes)."""
+        if self.location is not None and (Path(self.location) / "report.html").is_file():
+            return (Path(self.location) / "report.html").read_text(encoding="utf-8")
+        from reports.render import render_html
+
+        return render_html(self.to_dict(), base_dir=self.location)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the report inline, in an iframe (srcdoc: no file, script or network)."""
+        import html
+
+        return (f'<iframe srcdoc="{html.escape(self.report_html(), quote=True)}" '
+                'style="width: 100%; height: 900px; border: 1px solid #ccc" '
+                f'title="CellAudit report: {html.escape(self.status.value)}"></iframe>')
+
+    def __repr__(self) -> str:
+        return (f"AuditResult(status={self.status.value}, checks={len(self.checks)}, "
+                f"findings={len(self.findings)}, location={str(self.location)!r})")
 
     def to_dict(self) -> dict:
         return clean({

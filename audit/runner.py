@@ -18,7 +18,7 @@ from audit.labels import LabelMap
 from audit.progress import status
 from audit.results import AuditResult, CheckResult, Status
 
-__all__ = ["DataSpec", "parse_data_spec", "run_audit"]
+__all__ = ["DataSpec", "parse_data_spec", "check_specs", "run_audit"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def parse_data_spec(text: str) -> DataSpec:
     return DataSpec(role=role, name=name or role, source=source)
 
 
-def _check_specs(specs: list[DataSpec]) -> None:
+def check_specs(specs: list[DataSpec]) -> None:
     roles = [s.role for s in specs]
     if roles.count("heldout") != 1:
         raise UsageError("--data: exactly one heldout set is required (the reference), "
@@ -69,7 +69,7 @@ def _prepare_out(out_dir: Path) -> None:
 
 
 def run_audit(
-    model_path: str | os.PathLike,
+    model,
     specs: list[DataSpec],
     *,
     config: dict,
@@ -77,21 +77,32 @@ def run_audit(
     label_map: LabelMap | None = None,
     strict: bool = False,
     command: list[str] | None = None,
+    declared=None,
+    force: bool = False,
 ) -> AuditResult:
-    """Run the audit and write OUTDIR/audit.json (+ artifacts/, report.html) atomically."""
-    from audit.predict import Predictor, compute_outputs
-    from model.io import library_versions, load_model, model_hash
+    """Run the audit and write OUTDIR/audit.json (+ artifacts/, report.html) atomically.
 
-    _check_specs(specs)
+    `model`: a model path (any format `model.loaded.load_model` reads) or a `LoadedModel`;
+    `declared`: the input contract options given by the user (`ContractOptions`). The
+    declared contract is checked on a sample of the reference set before any expensive work
+    (`audit.contract_check`); `force` audits a model that fails that check anyway.
+    """
+    from audit.contract_check import check_contract, enforce
+    from audit.inference import Predictor, compute_outputs
+    from model.io import library_versions
+    from model.loaded import LoadedModel, load_model
+
+    check_specs(specs)
     out_dir = Path(out_dir)
     _prepare_out(out_dir)
     settings = config["audit"]
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    model, metadata = load_model(model_path)
-    class_names = tuple(metadata["class_names"])
-    image_size = int(metadata["input_size"])
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, declared)
+    contract = loaded.contract
+    class_names = contract.class_names
+    image_size = contract.input_size
     if label_map is None and config.get("labels"):
         label_map = LabelMap.from_dict(config["labels"], source="config [labels]")
     datasets = {}
@@ -100,14 +111,23 @@ def run_audit(
                                                   class_names=class_names, strict=strict))
     timings["load"] = time.perf_counter() - started
 
-    digest = model_hash(model_path)
-    predictor = Predictor(model, batch_size=int(settings["batch_size"]))
+    reference = next(ds for spec, ds in datasets.values() if spec.role == "heldout")
+    where = loaded.path or "in memory"
+    status(f"checking how the model takes images ({contract.summary()})")
+    t0 = time.perf_counter()
+    contract_check = check_contract(loaded, reference, seed=int(settings["seed"]),
+                                    n_images=int(settings["contract_check_images"]),
+                                    batch_size=int(settings["batch_size"]))
+    enforce(contract_check, force=force, where=where)
+    timings["contract_check"] = time.perf_counter() - t0
+
+    predictor = Predictor(loaded, batch_size=int(settings["batch_size"]))
     views = {}
     t0 = time.perf_counter()
     for name, (spec, dataset) in datasets.items():
         status(f"predicting {name} ({len(dataset)} images)")
-        outputs = compute_outputs(dataset, predictor=predictor, image_size=image_size,
-                                  cache_dir=settings["cache_dir"] or None, model_hash=digest,
+        outputs = compute_outputs(dataset, predictor=predictor,
+                                  cache_dir=settings["cache_dir"] or None,
                                   cell_size_images=int(settings["cell_size_images"]))
         views[name] = DatasetView(name=name, role=spec.role, dataset=dataset, outputs=outputs)
     timings["predict"] = time.perf_counter() - t0
@@ -115,7 +135,7 @@ def run_audit(
     with atomic_dir(out_dir) as staging:
         ctx = AuditContext(views=views, class_names=class_names, config=config,
                            seed=int(settings["seed"]), artifacts_dir=staging / "artifacts",
-                           image_size=image_size, predictor=predictor)
+                           image_size=image_size, predictor=predictor, resize=contract.resize)
         prediction_files = {name: _save_predictions(ctx, view) for name, view in views.items()}
         registry = load_builtin_checks()
         selected = settings["checks"] or list(registry)
@@ -139,9 +159,10 @@ def run_audit(
         # Cache hits vary between identical runs, so they live with the timings.
         timings.update({f"cache_hit.{n}": float(v.outputs.from_cache) for n, v in views.items()})
         result = AuditResult(
-            model={"path": str(Path(model_path).resolve()), "sha256": digest,
-                   "class_names": list(class_names), "input_size": image_size,
-                   "metadata": metadata},
+            model={**loaded.describe(), "class_names": list(class_names),
+                   "input_size": image_size, "metadata": loaded.metadata,
+                   "contract_check": {**contract_check.describe(), "forced": bool(
+                       force and contract_check.verdict == "wrong")}},
             datasets={name: {"role": spec.role, "source": spec.source, **ds.describe(),
                              "predictions": prediction_files[name],
                              "thumbnails": thumbnails[name]}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from audit.checks.base import AuditContext
-from audit.data import read_images
 
 __all__ = ["save_thumbnails", "THUMBNAIL_SIZE", "PER_CLASS"]
 
@@ -54,5 +53,5 @@ def save_thumbnails(ctx: AuditContext) -> dict[str, str]:
         paths = [view.dataset.paths[index[p]] for p in relative if p in index]
         kept = [p for p in relative if p in index]
         out[name] = ctx.save_artifact(f"thumbnails_{name}", paths=np.array(kept, dtype=str),
-                                      images=read_images(paths, size))
+                                      images=ctx.read_images(paths, size))
     return out

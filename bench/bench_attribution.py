@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     import audit.checks.attribution as attribution
     from audit.checks.base import DatasetView
     from audit.data import load_dataset
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from audit.synthetic import CLASSES, REFERENCE_SITE, SHIFTED_SITE, write_site
     from model.build import build_classifier
 
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
         write_site(root / name, n_images=args.images, size=args.size, domain=domain, seed=seed,
                    site_name=name)
         dataset = load_dataset(root / name, name=name, class_names=CLASSES)
-        outputs = compute_outputs(dataset, predictor=predictor, image_size=args.size,
-                                  cache_dir=None, model_hash="bench")
+        outputs = compute_outputs(dataset, predictor=predictor, cache_dir=None)
         views.append(DatasetView(name, "heldout" if name == "heldout" else "shifted", dataset,
                                  outputs))
     setup = time.perf_counter() - t0

@@ -173,7 +173,7 @@ class Breakdown:
 
     def install(self) -> None:
         import audit.checks.base as base
-        import audit.predict as predict
+        import audit.inference as predict
 
         base.load_builtin_checks()
         model_call = self.timed("model forward")
@@ -181,7 +181,7 @@ class Breakdown:
         self._set(base.AuditContext, "save_artifact",
                   self.timed("save artifacts (npz)")(base.AuditContext.save_artifact))
         for module, attr, wrapper in (
-            ("audit.predict", "compute_outputs", self.phased("predict")),
+            ("audit.inference", "compute_outputs", self.phased("predict")),
             ("audit.runner", "_run_check", self.phased(lambda check, *_: f"check.{check.name}")),
             ("audit.data", "iter_batches", self.waited("wait for decoded batch")),
             ("audit.data", "_scan", self.timed("file check (decode all)")),
@@ -247,13 +247,15 @@ def decode_and_predict(predictor, datasets, robustness_subset, *, image_size: in
     with Timer() as timer:
         done = 0
         for dataset in datasets:
-            for images, _ in iter_batches(dataset, image_size=image_size, batch_size=batch_size):
+            for images, _ in iter_batches(dataset, image_size=image_size, resize=predictor.resize,
+                                          batch_size=batch_size):
                 predictor.outputs(images)
                 done += len(images)
         decoded = []
         if robustness_subset is not None and len(robustness_subset):
             decoded = [images for images, _ in iter_batches(
-                robustness_subset, image_size=image_size, batch_size=batch_size)]
+                robustness_subset, image_size=image_size, resize=predictor.resize,
+                batch_size=batch_size)]
         while decoded and done < n_passes:
             for images in decoded:
                 chunk = images[:n_passes - done]
@@ -324,10 +326,11 @@ def main(argv=None) -> int:
 def run(args, workdir: Path) -> int:
     from audit.config import load_config
     from audit.data import load_dataset, read_images
+    from audit.inference import Predictor
     from audit.labels import load_label_map
-    from audit.predict import Predictor
     from audit.runner import parse_data_spec, run_audit
-    from model.io import load_model, read_metadata
+    from model.io import read_metadata
+    from model.loaded import load_model
 
     print(f"bench_audit: {machine_line()}")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -354,13 +357,13 @@ def run(args, workdir: Path) -> int:
     batch_size = int(config["audit"]["batch_size"])
 
     # Bare predictor on the same model file, loaded the way the audit loads it.
-    model, metadata = load_model(model_path)
-    class_names = tuple(metadata["class_names"])
+    model = load_model(model_path)
+    class_names = model.contract.class_names
     label_map = load_label_map(args.label_map) if args.label_map else None
     sets = {s.name: load_dataset(s.source, name=s.name, class_names=class_names,
                                  label_map=label_map, check_files=False) for s in specs}
     heldout = sets[next(s.name for s in specs if s.role == "heldout")]
-    batch = read_images(list(heldout.paths[:batch_size]), size)
+    batch = read_images(list(heldout.paths[:batch_size]), size, resize=model.contract.resize)
     if len(batch) < batch_size:  # tiny heldout: tile it to a full batch
         batch = batch[[i % len(batch) for i in range(batch_size)]]
     bare = Predictor(model, batch_size=batch_size)

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     from audit.explain.base import make_explainer
     from audit.explain.config import EXPLAIN_DEFAULTS
-    from audit.predict import Predictor
+    from audit.inference import Predictor
     from audit.synthetic import generate
     from model.build import build_classifier
 

@@ -44,7 +44,7 @@ from audit.checks.calibration import (  # noqa: E402
 )
 from audit.checks.label_issues import label_issues  # noqa: E402
 from audit.checks.selective import fit_threshold, guaranteed_threshold  # noqa: E402
-from audit.predict import softmax  # noqa: E402
+from audit.inference import softmax  # noqa: E402
 from audit.stats import crossfit_folds, proportion_ci  # noqa: E402
 
 TARGET, DELTA, FOLDS = 0.95, 0.1, 5
@@ -190,9 +190,9 @@ def _rate(correct, member):
 
 def demo_section(folder: Path, n_fresh: int, batch_size: int) -> None:
     from audit.data import load_dataset
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from audit.synthetic import REFERENCE_SITE, write_site
-    from model.io import load_model
+    from model.loaded import load_model
 
     audit = json.loads((folder / "audit" / "audit.json").read_text())
     checks = audit["checks"]
@@ -218,18 +218,18 @@ def demo_section(folder: Path, n_fresh: int, batch_size: int) -> None:
           for name, s in checks["safety"]["metrics"]["datasets"].items()],
         *[[f"{name}: label issues", f"{s['n_issues']} of {s['n']}"]
           for name, s in checks["label_issues"]["metrics"]["datasets"].items()]])
-    model, metadata = load_model(folder / "model.keras")
-    size = int(metadata["input_size"])
+    loaded = load_model(folder / "model.keras")
+    size, class_names = loaded.contract.input_size, tuple(loaded.contract.class_names)
     fresh_dir = folder / "fresh_heldout"
     if not fresh_dir.is_dir():
         write_site(fresh_dir, n_images=n_fresh, size=size, domain=REFERENCE_SITE, seed=12345,
                    site_name="fresh")
-    predictor = Predictor(model, batch_size=batch_size)
+    predictor = Predictor(loaded, batch_size=batch_size)
     outputs = {}
     for name, path in ((ref, folder / "data" / "heldout"), ("fresh", fresh_dir)):
-        ds = load_dataset(path, name=name, class_names=tuple(metadata["class_names"]))
-        outputs[name] = (compute_outputs(ds, predictor=predictor, image_size=size,
-                                         cache_dir=None, model_hash="bench").logits, ds.labels)
+        ds = load_dataset(path, name=name, class_names=class_names)
+        outputs[name] = (compute_outputs(ds, predictor=predictor, cache_dir=None).logits,
+                         ds.labels)
     compare_reference_and_fresh("2b. Demo model: reference heldout against a fresh set from "
                                 "the same site", *outputs[ref], *outputs["fresh"])
 
@@ -251,7 +251,7 @@ def pbc_section(root: Path, size: int, batch_size: int) -> None:
     started = time.perf_counter()
     for start in range(0, len(ds), batch_size):
         paths = list(ds.paths[start:start + batch_size])
-        images = read_images(paths, size)
+        images = read_images(paths, size, resize="crop")
         embeddings.append(backbone.predict(keras.applications.mobilenet_v2.preprocess_input(
             images.astype("float32")), verbose=0))
         w, h = source_sizes(paths)
@@ -306,11 +306,11 @@ def pbc_section(root: Path, size: int, batch_size: int) -> None:
 def cost_section(root: Path, size: int, batch_size: int, n: int) -> None:
     from audit.data import read_images
     from audit.imaging import image_usability, source_sizes
-    from audit.predict import Predictor
+    from audit.inference import Predictor
     from model.build import build_classifier
 
     paths = sorted(str(p) for p in root.rglob("*.jpg"))[:n]
-    images = read_images(paths, size)
+    images = read_images(paths, size, resize="crop")
     predictor = Predictor(build_classifier(5, input_size=size, weights=None),
                           batch_size=batch_size)
     predictor.outputs(images[:batch_size])  # trace

@@ -15,7 +15,7 @@ from outside (`os.wait4` ru_maxrss, and a sampled RSS of the process tree):
 - idle:    imports, TensorFlow start-up and building the model: the floor under the others;
 - load:    `audit.data.load_dataset` (which decodes every file once to check it) and one full
            `iter_batches` pass at the input size;
-- predict: `audit.predict.compute_outputs` (Predictor forward passes plus image properties and
+- predict: `audit.inference.compute_outputs` (Predictor forward passes plus image properties and
            perceptual hashes), as `audit run` does per dataset;
 - train:   one epoch of `model.train.train_classifier` on the tf.data pipeline: by default the
            fine-tuning phase (top blocks from block_13 unfrozen, batch 32), or --train-phase head.
@@ -118,20 +118,19 @@ def _worker(args) -> dict:
             dataset = _load(args.data, 0)
         n, checksum = 0, 0
         with Timer() as t_pass:
-            for images, _ in iter_batches(dataset, image_size=args.size,
+            for images, _ in iter_batches(dataset, image_size=args.size, resize="crop",
                                           batch_size=args.batch_size):
                 n += len(images)
                 checksum += int(images[:, ::32, ::32].sum())  # touch the pixels
         return {"images": n, "seconds": t_pass.seconds, "load_seconds": t_load.seconds,
                 "checksum": checksum}
     if args.worker == "predict":
-        from audit.predict import Predictor, compute_outputs
+        from audit.inference import Predictor, compute_outputs
 
         dataset = _load(args.data, args.limit_predict)
         predictor = Predictor(_model(args), batch_size=args.batch_size)
         with Timer() as t:
-            outputs = compute_outputs(dataset, predictor=predictor, image_size=args.size,
-                                      cache_dir=None, model_hash="bench")
+            outputs = compute_outputs(dataset, predictor=predictor, cache_dir=None)
         return {"images": len(outputs.logits), "seconds": t.seconds,
                 "forward_passes": predictor.n_images}
     if args.worker == "train":

@@ -13,7 +13,11 @@ from model.io import library_versions, save_model
 from model.split import split_dataset, write_split_manifest
 from model.train import TrainConfig, train_classifier
 
-__all__ = ["fit_and_save", "PREPROCESSING"]
+__all__ = ["fit_and_save", "PREPROCESSING", "INPUT_CONTRACT"]
+
+# How `audit train` models take images (see model.contract): raw 0-255 RGB, centre crop; the
+# model scales its own input.
+INPUT_CONTRACT = {"preprocess": "none", "resize": "crop", "channel_order": "RGB"}
 
 PREPROCESSING = {
     "input": "RGB uint8 pixels 0-255, (size, size, 3)",
@@ -57,7 +61,7 @@ def _pretrained_embeddings(dataset: Dataset, config: TrainConfig) -> np.ndarray:
         input_shape=(config.input_size, config.input_size, 3), alpha=config.alpha,
         include_top=False, pooling="avg", weights=config.weights)
     embed = tf.function(lambda x: backbone(x / 127.5 - 1.0, training=False))
-    batches = iter_batches(dataset, image_size=config.input_size, batch_size=64)
+    batches = iter_batches(dataset, image_size=config.input_size, resize="crop", batch_size=64)
     total = -(-len(dataset) // 64)
     return np.concatenate([embed(tf.constant(images, tf.float32)).numpy()
                            for images, _ in progress(batches, desc="embed for grouping",
@@ -102,6 +106,7 @@ def fit_and_save(
         "architecture": {"backbone": "MobileNetV2", "alpha": config.alpha,
                          "weights": config.weights, "head": "global average pool, dropout, dense"},
         "preprocessing": PREPROCESSING,
+        "input_contract": dict(INPUT_CONTRACT),
         "outputs": "probabilities (softmax); logits at layer 'logits', embedding at layer 'pool'",
         "training_data": dataset.describe() | {"skipped": len(dataset.skipped)},
         "validation_data": (val_set.describe() | {"skipped": len(val_set.skipped)})

@@ -1,14 +1,13 @@
-"""Save and load a classifier together with its metadata.
+"""Save a classifier together with its metadata, and read that metadata back.
 
 The metadata travels inside the `.keras` archive (a zip) as `cellaudit.json`, so the model
-file alone says what it is: class names, input size, preprocessing, training data
-fingerprint, split manifest, hyper-parameters, seed, library versions and history. A model
-from elsewhere can bring the same JSON as a sidecar file `<model>.json`.
+file alone says what it is: its input contract (class names, input size, resize, scaling),
+training data fingerprint, split manifest, hyper-parameters, seed, library versions and
+history. Loading a model of any format with its contract is `model.loaded.load_model`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -18,8 +17,7 @@ from pathlib import Path
 from audit.atomic import atomic_path
 from audit.errors import InputError
 
-__all__ = ["save_model", "load_model", "read_metadata", "model_hash", "library_versions",
-           "METADATA_FORMAT"]
+__all__ = ["save_model", "read_metadata", "model_hash", "library_versions", "METADATA_FORMAT"]
 
 METADATA_FORMAT = "cellaudit-model/1"
 _MEMBER = "cellaudit.json"
@@ -61,25 +59,19 @@ def save_model(model, path: str | os.PathLike, metadata: dict) -> Path:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The CellAudit metadata of a model file, without loading TensorFlow."""
+    """The CellAudit metadata inside a `.keras` model file, without loading TensorFlow."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model '{path}' does not exist; expected a .keras file")
-    sidecar = path.with_name(path.name + ".json")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if "config.json" not in names:
                 raise InputError(f"model '{path}' is not a Keras 3 .keras archive (no config.json)")
-            if _MEMBER in names:
-                data = json.loads(archive.read(_MEMBER))
-            elif sidecar.is_file():
-                data = json.loads(sidecar.read_text(encoding="utf-8"))
-            else:
-                raise InputError(
-                    f"model '{path}' has no CellAudit metadata: save it with `audit train`, or "
-                    f"write '{sidecar}' with at least {list(_REQUIRED)}"
-                )
+            if _MEMBER not in names:
+                raise InputError(f"model '{path}' has no CellAudit metadata (not saved by "
+                                 "`audit train`)")
+            data = json.loads(archive.read(_MEMBER))
     except zipfile.BadZipFile as exc:
         raise InputError(f"model '{path}' is not a .keras file (not a zip archive)") from exc
     except json.JSONDecodeError as exc:
@@ -90,28 +82,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_model(path: str | os.PathLike):
-    """Return (keras model, metadata dict); clear `InputError` for anything else."""
-    metadata = read_metadata(path)
-    import keras
-
-    import model.layers  # noqa: F401 - registers the custom layers a saved model may hold
-
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
-        raise InputError(f"cannot load model '{path}': {str(exc).splitlines()[0]}") from exc
-    n_out = model.output_shape[-1]
-    if n_out != len(metadata["class_names"]):
-        raise InputError(f"model '{path}' outputs {n_out} classes but its metadata names "
-                         f"{len(metadata['class_names'])}")
-    return model, metadata
-
-
 def model_hash(path: str | os.PathLike) -> str:
-    """SHA-256 of the model file: the cache key for everything computed from it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 of the model file (or SavedModel folder): the cache key for its outputs."""
+    from model.formats import file_hash
+
+    return file_hash(path)

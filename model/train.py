@@ -85,7 +85,8 @@ def make_input_pipeline(
     labels = dataset.labels[indices].astype(np.int32)
 
     def decode(path, label):
-        image = tf.numpy_function(lambda p: load_image(p.decode(), image_size), [path], tf.uint8)
+        image = tf.numpy_function(lambda p: load_image(p.decode(), image_size, resize="crop"),
+                                  [path], tf.uint8)
         image.set_shape((image_size, image_size, 3))
         return tf.cast(image, tf.float32), label
 
@@ -127,7 +128,7 @@ def _stain_target(dataset: Dataset, indices: np.ndarray, config: TrainConfig,
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(indices, size=min(max_images, len(indices)), replace=False)
     mean, std = lab_statistics(read_images([dataset.paths[i] for i in np.sort(sample)],
-                                           config.input_size))
+                                           config.input_size, resize="crop"))
     return {"mean": mean, "std": std}
 
 

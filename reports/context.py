@@ -365,6 +365,49 @@ def model_card_section(audit: Mapping, assets=None) -> dict:
         "metadata_format": meta.get("format"),
         "curves": figures.training_curves(history, phases) if history else None,
         "curves_reason": "" if history else "the model's metadata holds no training history",
+        **_input_contract(model),
+    }
+
+
+_CONTRACT_LABELS = (("class_names", "Class names, in output order"), ("input_size", "Input size"),
+                    ("resize", "Resize"), ("channel_order", "Channel order"),
+                    ("preprocess", "Pixel scaling"), ("output", "Outputs"))
+_FORMATS = {"keras": "Keras 3 .keras archive", "h5": "legacy HDF5 (.h5) full model",
+            "savedmodel": "TensorFlow SavedModel (inference only)", "memory": "model object"}
+
+
+def _input_contract(model: Mapping) -> dict:
+    """How the audit fed the model, where each part came from, and the quick check of it."""
+    contract = model.get("contract") or {}
+    sources = contract.get("sources") or {}
+    rows = []
+    for key, label in _CONTRACT_LABELS:
+        if key in contract:
+            value = contract[key]
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            if key == "input_size":
+                shown = f"{value} x {value} pixels"
+            rows.append((label, shown, sources.get(key, "")))
+    check = model.get("contract_check") or {}
+    declared = check.get("declared") or {}
+    others = sorted((c for c in check.get("candidates") or [] if c != declared),
+                    key=lambda c: -c.get("accuracy", 0))
+    graph = model.get("graph") or {}
+    return {
+        "format": _FORMATS.get(model.get("format"), model.get("format") or "not recorded"),
+        "format_notes": list(model.get("notes") or []),
+        "contract_rows": rows,
+        "contract_check": {
+            "images": check.get("images"), "verdict": check.get("verdict"),
+            "message": check.get("message"), "forced": check.get("forced", False),
+            "accuracy": declared.get("accuracy"),
+            "best_other": others[0] if others else None,
+        } if check else None,
+        "graph_rows": [(label, graph.get(key) or "none") for key, label in (
+            ("own_scaling_layer", "Scales its own input (first layer)"),
+            ("logits", "Logits"), ("embedding", "Embedding"),
+            ("gradcam_layer", "Grad-CAM feature map"))] if graph else [],
+        "gradcam_unavailable": graph.get("gradcam_unavailable"),
     }
 
 

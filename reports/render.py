@@ -78,22 +78,9 @@ class Assets:
         return self.npz(relative)
 
     # -- dataset images
-    def _root(self, dataset: str) -> Path | None:
-        root = ((self.audit.get("datasets") or {}).get(dataset) or {}).get("root")
-        return Path(root) if root and Path(root).is_dir() else None
-
     def image(self, dataset: str, relative: str, size: int) -> np.ndarray | None:
-        """One dataset image at `size` pixels, or None when it is not on disk any more."""
-        from audit.data import load_image
-        from audit.errors import InputError
-
-        root = self._root(dataset)
-        path = root / relative if root is not None and relative else None
-        if path is not None and path.is_file():
-            try:
-                return load_image(path, size)
-            except InputError:
-                pass
+        """One dataset image at `size` pixels from the audit's thumbnails artifact (as the model
+        saw it), or None when the audit kept no copy: the report never reads the dataset."""
         return self._thumbnail(dataset, relative, size)
 
     def _thumbnail(self, dataset: str, relative: str, size: int) -> np.ndarray | None:
@@ -114,11 +101,10 @@ class Assets:
                  size: int) -> tuple[dict | None, str]:
         """({class: [images]}, "") with the first `per_class` readable images of each class, or
         (None, reason)."""
-        root = ((self.audit.get("datasets") or {}).get(dataset) or {}).get("root")
         thumbnails = ((self.audit.get("datasets") or {}).get(dataset) or {}).get("thumbnails")
-        if self._root(dataset) is None and self.npz(thumbnails) is None:
-            return None, (f"the images of {dataset} are no longer at '{root}', so no thumbnails "
-                          "are shown")
+        if self.npz(thumbnails) is None:
+            return None, (f"the thumbnails artifact of {dataset} is missing, so no images are "
+                          "shown")
         arrays = self.predictions(dataset)
         if arrays is None or "paths" not in arrays or "labels" not in arrays:
             return None, f"the predictions artifact of {dataset} is missing"

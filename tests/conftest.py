@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from audit.checks.base import AuditContext, DatasetView  # noqa: E402
 from audit.data import Dataset  # noqa: E402
-from audit.predict import DatasetOutputs, softmax  # noqa: E402
+from audit.inference import DatasetOutputs, softmax  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 def data_root() -> Path:
     """The shared real-image data: $CELLAUDIT_DATA, else ../shared/data beside the repo."""
     return Path(os.environ.get("CELLAUDIT_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def weights_path() -> Path:
+    """The local ImageNet MobileNetV2 weights: $CELLAUDIT_WEIGHTS, else ../shared/weights."""
+    return Path(os.environ.get(
+        "CELLAUDIT_WEIGHTS",
+        REPO.parent / "shared" / "weights" / "mobilenet_v2_1.0_no_top.weights.h5")).resolve()
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +70,22 @@ def make_context(views, *, tmp_path: Path, seed: int = 0, overrides=(), predicto
     return AuditContext(views={v.name: v for v in views}, class_names=views[0].dataset.class_names,
                         config=config, seed=seed, artifacts_dir=tmp_path / "artifacts",
                         image_size=image_size, predictor=predictor)
+
+
+def strip_volatile(audit: dict) -> dict:
+    """audit.json without what varies between identical runs: timings (seconds, cache hits),
+    the command line and the model's absolute path."""
+    audit = {k: v for k, v in audit.items() if k not in ("timings", "command")}
+    audit["model"] = {k: v for k, v in audit["model"].items() if k != "path"}
+    audit["checks"] = {n: {k: v for k, v in c.items() if k != "seconds"}
+                       for n, c in audit["checks"].items()}
+    explanations = dict(audit.get("explanations") or {})
+    explanations.pop("timing", None)
+    if "methods" in explanations:
+        explanations["methods"] = {m: {k: v for k, v in e.items() if k != "timing"}
+                                   for m, e in explanations["methods"].items()}
+    audit["explanations"] = explanations
+    return audit
 
 
 def logits_for(labels, predictions, n_classes, *, confidence=3.0, rng=None):
@@ -109,4 +132,4 @@ def load_real(folder: str, n: int, size: int = 224) -> np.ndarray:
 
     paths = sorted((data_root() / folder).glob("*.jpg"))[:n]
     assert len(paths) == n, f"expected {n} images in {data_root() / folder}"
-    return read_images([str(p) for p in paths], size)
+    return read_images([str(p) for p in paths], size, resize="crop")

@@ -11,7 +11,8 @@ from audit.cli import main
 from audit.data import load_dataset, load_unlabelled, read_images
 from model.adapt import align_batchnorm, batchnorm_input_statistics
 from model.build import BACKBONE, build_classifier
-from model.io import load_model, read_metadata, save_model
+from model.io import read_metadata, save_model
+from model.loaded import as_loaded, load_model
 
 SIZE = 64  # the 32-px synthetic cells upsampled: fewer pixels on a zero-padded border
 
@@ -41,7 +42,7 @@ def foreign_stats(source):
     it), then moved off them, as ImageNet statistics under a fine-tuned head are."""
     keras.utils.set_random_seed(0)
     model = build_classifier(3, input_size=SIZE, alpha=0.35, weights=None)
-    align_batchnorm(model, source, image_size=SIZE)
+    align_batchnorm(as_loaded(model), source)
     rng = np.random.default_rng(0)
     for layer in _norms(model):
         mean, var = np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
@@ -59,8 +60,8 @@ def test_classic_adabn_sets_population_statistics_in_any_file_order(tmp_path):
             Image.fromarray(image).save(tmp_path / name / f"{i:03d}.png")
     site = load_dataset(tmp_path)
     model = build_classifier(2, input_size=SIZE, alpha=0.35, weights=None)
-    record = align_batchnorm(model, site, image_size=SIZE, batch_size=16)
-    measured = batchnorm_input_statistics(model, site, image_size=SIZE, batch_size=60)
+    record = align_batchnorm(as_loaded(model), site, batch_size=16)
+    measured = batchnorm_input_statistics(as_loaded(model), site, batch_size=60)
     for layer, (mean, var) in zip(_norms(model), measured, strict=True):
         np.testing.assert_allclose(layer.moving_mean, mean, rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(layer.moving_variance, var, rtol=1e-3, atol=1e-4)
@@ -68,10 +69,10 @@ def test_classic_adabn_sets_population_statistics_in_any_file_order(tmp_path):
 
 
 def test_aligning_to_the_source_itself_changes_nothing(foreign_stats, source):
-    images = read_images(source.paths[:40], SIZE)
+    images = read_images(source.paths[:40], SIZE, resize="crop")
     before = _embedding(foreign_stats, images)
     assert _spread(before) > 0.01
-    record = align_batchnorm(foreign_stats, source, source, image_size=SIZE)
+    record = align_batchnorm(as_loaded(foreign_stats), source, source)
     np.testing.assert_allclose(_embedding(foreign_stats, images), before,
                                atol=1e-3 * _spread(before), rtol=1e-3)
     assert record["source"]["images"] == len(source)
@@ -80,15 +81,15 @@ def test_aligning_to_the_source_itself_changes_nothing(foreign_stats, source):
 def test_classic_adabn_would_move_such_a_model(foreign_stats, source):
     # Without source images the moving statistics stand in for the source's; here they are
     # not, so adapting to the very same images changes the features: why adapt asks --source.
-    images = read_images(source.paths[:40], SIZE)
+    images = read_images(source.paths[:40], SIZE, resize="crop")
     before = _embedding(foreign_stats, images)
-    align_batchnorm(foreign_stats, source, image_size=SIZE)
+    align_batchnorm(as_loaded(foreign_stats), source)
     assert np.abs(_embedding(foreign_stats, images) - before).mean() > 0.1 * _spread(before)
 
 
 def test_undoes_a_global_intensity_change(foreign_stats, source, tmp_path):
     # The target: the source's own cells, paler and brighter, so only the change differs.
-    originals = read_images(source.paths, SIZE)
+    originals = read_images(source.paths, SIZE, resize="crop")
     # Contrast around mid-grey: 0.6x in the model's [-1, 1] input, so the zero padding of the
     # first convolution is changed alike and the first BatchNorm input is exactly 0.6x per
     # channel. (A brightness offset would leave the padding behind.)
@@ -104,7 +105,7 @@ def test_undoes_a_global_intensity_change(foreign_stats, source, tmp_path):
     reference, embedded = first_norm(originals), _embedding(foreign_stats, originals)
     gap_before = np.abs(first_norm(shifted) - reference).mean()
     embedding_gap_before = np.abs(_embedding(foreign_stats, shifted) - embedded).mean()
-    align_batchnorm(foreign_stats, load_unlabelled(tmp_path), source, image_size=SIZE)
+    align_batchnorm(as_loaded(foreign_stats), load_unlabelled(tmp_path), source)
     # The first BatchNorm's output is restored but for rounding to 8 bits ...
     assert np.abs(first_norm(shifted) - reference).mean() < 0.1 * gap_before
     # ... and the features much nearer (random untrained layers amplify the rounding).
@@ -126,7 +127,8 @@ def test_cli_aligns_to_the_training_manifest_beside_the_model(tiny_model, synthe
 
 def test_cli_needs_source_for_a_pretrained_backbone(tiny_model, synthetic_sites, tmp_path,
                                                     capsys):
-    model, metadata = load_model(tiny_model)
+    loaded = load_model(tiny_model)
+    model, metadata = loaded.keras_model, loaded.metadata
     metadata = {**metadata, "architecture": {**metadata["architecture"], "weights": "imagenet"}}
     metadata.pop("format", None)
     lonely = tmp_path / "lonely.keras"

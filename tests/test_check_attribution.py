@@ -120,7 +120,7 @@ def test_subset_walk_predicts_every_combination_once(tmp_path):
     factors = FactorSet((_Nothing(), _Add(amount=10), _AddSharp(amount=20)))
     predictor = _MeanPredictor()
     base = np.array([9, 9, 9, 9, 9])
-    out, n_forward = subset_predictions(dataset, factors, predictor, image_size=8, batch_size=2,
+    out, n_forward = subset_predictions(dataset, factors, predictor, image_size=8, resize="crop", batch_size=2,
                                         seed=0, base_predictions=base)
     assert n_forward == predictor.n_images == 3 * 5  # 4 distinct subsets, the base is cached
     expected = {0b000: base, 0b010: [1, 2, 3, 0, 1], 0b100: [2, 3, 0, 1, 2],
@@ -157,7 +157,7 @@ def synthetic_audit(tmp_path_factory):
     import keras
 
     from audit.checks.base import DatasetView
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from audit.synthetic import SiteDomain, generate, write_site
     from model.build import build_classifier
     from model.train import seed_everything
@@ -180,8 +180,7 @@ def synthetic_audit(tmp_path_factory):
         write_site(root / name, n_images=120, size=64, domain=SiteDomain(**domain), seed=seed,
                    site_name=name)
         dataset = load_dataset(root / name, name=name, class_names=CLASSES)
-        outputs = compute_outputs(dataset, predictor=predictor, image_size=64, cache_dir=None,
-                                  model_hash="test")
+        outputs = compute_outputs(dataset, predictor=predictor, cache_dir=None)
         views.append(DatasetView(name, "heldout" if name == "heldout" else "shifted", dataset,
                                  outputs))
     out = tmp_path_factory.mktemp("attribution_out")

@@ -18,7 +18,7 @@ from audit.checks.calibration import (
     negative_log_likelihood,
     reliability_bins,
 )
-from audit.predict import softmax
+from audit.inference import softmax
 from audit.results import Status
 
 

@@ -70,7 +70,7 @@ def test_relative_corruption_error():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from audit.predict import Predictor
+    from audit.inference import Predictor
     from model.build import build_classifier
 
     root = tmp_path_factory.mktemp("robustness")
@@ -85,7 +85,7 @@ def setup(tmp_path_factory):
         paths.append(str(path))
     model = build_classifier(2, input_size=32, alpha=0.35, weights=None)
     predictor = Predictor(model, batch_size=16)
-    logits = predictor.logits(read_images(paths, 32))
+    logits = predictor.logits(read_images(paths, 32, resize="crop"))
     ref = make_view("heldout", "heldout", labels, logits, class_names=CLASSES, paths=paths)
     shifted = make_view("site_b", "shifted", labels[:8], logits[:8] + [[2.0, 0.0]],
                         class_names=CLASSES, paths=paths[:8])

@@ -126,7 +126,7 @@ def test_load_image_formats_become_rgb(tmp_path, mode, fmt, suffix):
         image = image.convert(mode)
     path = tmp_path / f"x.{suffix}"
     image.save(path, format=fmt)
-    out = load_image(path, 16)
+    out = load_image(path, 16, resize="crop")
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     if mode == "RGBA":  # transparency composited onto white, not black
         assert out[:, :2].min() >= 250
@@ -136,20 +136,20 @@ def test_load_image_centre_crops_instead_of_squashing(tmp_path):
     array = np.zeros((20, 60, 3), np.uint8)
     array[:, 20:40] = 255  # a white centre square flanked by black
     Image.fromarray(array).save(tmp_path / "wide.png")
-    out = load_image(tmp_path / "wide.png", 10)
+    out = load_image(tmp_path / "wide.png", 10, resize="crop")
     assert out.min() > 240  # the crop is the white centre only
 
 
 def test_iter_batches_streams_in_order(folder):
     ds = load_dataset(folder)
-    batches = list(iter_batches(ds, image_size=8, batch_size=2))
+    batches = list(iter_batches(ds, image_size=8, resize="crop", batch_size=2))
     assert [len(idx) for _, idx in batches] == [2, 2, 1]
     assert np.concatenate([idx for _, idx in batches]).tolist() == list(range(5))
     assert all(images.shape[1:] == (8, 8, 3) for images, _ in batches)
 
 
 def test_cell_size_sample_is_stratified_and_seeded_by_the_dataset(tmp_path):
-    from audit.predict import cell_size_sample
+    from audit.inference import cell_size_sample
 
     rows = ["path,label"] + [f"{tmp_path}/{i}.png,{'a' if i < 30 else 'b'}" for i in range(40)]
     for i in range(40):

@@ -24,7 +24,7 @@ def untrained_model():
 
 @pytest.fixture(scope="module")
 def predictor(untrained_model):
-    from audit.predict import Predictor
+    from audit.inference import Predictor
 
     return Predictor(untrained_model, batch_size=32)  # one traced forward pass for the module
 

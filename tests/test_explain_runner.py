@@ -22,7 +22,7 @@ CHEAP = ["explain.shap_max_evals=30", "explain.lime_num_samples=20", "explain.li
 def setup(tmp_path_factory):
     from audit.checks.base import DatasetView
     from audit.data import load_dataset
-    from audit.predict import Predictor, compute_outputs
+    from audit.inference import Predictor, compute_outputs
     from audit.synthetic import SHIFTED_SITE, write_site
     from model.build import build_classifier
 
@@ -36,8 +36,7 @@ def setup(tmp_path_factory):
     views = []
     for name, role in (("ref", "heldout"), ("shift", "shifted")):
         dataset = load_dataset(root / name, name=name, class_names=classes)
-        outputs = compute_outputs(dataset, predictor=predictor, image_size=32, cache_dir=None,
-                                  model_hash="test")
+        outputs = compute_outputs(dataset, predictor=predictor, cache_dir=None)
         views.append(DatasetView(name=name, role=role, dataset=dataset, outputs=outputs))
     return views, predictor
 

@@ -16,9 +16,9 @@ import pytest
 
 from audit.checks.performance import confusion_counts, confusion_statistics
 from audit.errors import InputError
-from audit.gate import ERROR, FAIL, PASS, SKIP, run_gate
-from audit.gate_policy import Policy, load_policy, parse_policy
-from audit.gate_report import format_junit, format_markdown, format_table
+from audit.gating.decision import ERROR, FAIL, PASS, SKIP, run_gate
+from audit.gating.formats import format_junit, format_markdown, format_table
+from audit.gating.policy import Policy, load_policy, parse_policy
 
 CLASSES = ("a", "b", "c")
 

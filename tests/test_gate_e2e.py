@@ -50,9 +50,11 @@ def audit_args(root, model, out, *gate):
 
 def regressed_copy(model_path, out_path):
     """The same network with the logits layer's class columns rotated by one."""
-    from model.io import load_model, save_model
+    from model.io import save_model
+    from model.loaded import load_model
 
-    model, metadata = load_model(model_path)
+    loaded = load_model(model_path)
+    model, metadata = loaded.keras_model, loaded.metadata
     layer = model.get_layer("logits")
     kernel, bias = layer.get_weights()
     layer.set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])

@@ -22,7 +22,7 @@ from audit.checks.calibration import (
 )
 from audit.checks.label_issues import label_issues
 from audit.checks.selective import fit_threshold, guaranteed_threshold
-from audit.predict import softmax
+from audit.inference import softmax
 from audit.safety import crossfit_ood
 from audit.stats import crossfit_folds, proportion_ci, rate_ci
 

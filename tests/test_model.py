@@ -12,7 +12,8 @@ import pytest
 
 from audit.errors import InputError, UsageError
 from model.build import BACKBONE, build_classifier
-from model.io import load_model, read_metadata, save_model
+from model.io import read_metadata, save_model
+from model.loaded import load_model
 
 WEIGHTS = Path(os.environ.get(
     "CELLAUDIT_WEIGHTS",
@@ -61,7 +62,9 @@ def test_weights_errors_are_clear(tmp_path):
 def test_save_load_round_trip_with_metadata(tiny, tmp_path):
     path = tmp_path / "m.keras"
     save_model(tiny, path, {"class_names": ["a", "b", "c"], "input_size": 32, "seed": 7})
-    model, meta = load_model(path)
+    loaded = load_model(path)
+    model, meta = loaded.keras_model, loaded.metadata
+    assert loaded.contract.class_names == ("a", "b", "c") and loaded.contract.resize == "crop"
     assert meta["class_names"] == ["a", "b", "c"] and meta["seed"] == 7
     assert meta["format"] == "cellaudit-model/1"
     x = np.full((1, 32, 32, 3), 100.0, "float32")
@@ -80,8 +83,8 @@ def test_loader_rejects_other_files(tmp_path, tiny):
     tiny.save(plain)
     with pytest.raises(InputError, match="no CellAudit metadata"):
         read_metadata(plain)
-    # A user's own model can bring the metadata as a sidecar file.
+    # A user's own model can bring its input contract as a sidecar file.
     Path(str(plain) + ".json").write_text('{"class_names": ["a", "b", "c"], "input_size": 32}')
-    assert read_metadata(plain)["input_size"] == 32
+    assert load_model(plain).contract.class_names == ("a", "b", "c")
     with zipfile.ZipFile(plain) as archive:
         assert "cellaudit.json" not in archive.namelist()

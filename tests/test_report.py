@@ -135,10 +135,18 @@ def build_audit(out: Path, *, images_root: Path | None = None, drop: tuple[str, 
                 "phases": [{"phase": "head", "epochs_run": 1}, {"phase": "finetune",
                                                                 "epochs_run": 2}],
                 "versions": {"keras": "3.0"}}
+    thumbnails = {}
+    if images_root is not None:  # the runner keeps copies of the images the report shows
+        from dataclasses import replace as replace_context
+
+        from audit.thumbnails import save_thumbnails
+
+        thumbnails = save_thumbnails(replace_context(ctx, views={"heldout": views[0]}))
     result = AuditResult(
         model={"path": "/models/m.keras", "sha256": "f" * 64, "class_names": list(CLASSES),
                "input_size": 32, "metadata": metadata},
-        datasets={v.name: {"role": v.role, "source": v.name, **v.dataset.describe()}
+        datasets={v.name: {"role": v.role, "source": v.name, **v.dataset.describe(),
+                           **({"thumbnails": thumbnails[v.name]} if v.name in thumbnails else {})}
                   for v in views},
         config=ctx.config, checks=ctx.results, findings=rank_findings(ctx.results),
         versions={"keras": "3.0", "numpy": "2.0"}, timings={"total": 1.0},
@@ -219,11 +227,11 @@ def test_verdict_and_recommendations_come_from_the_findings(audit_json, html):
     assert -1 not in positions and positions == sorted(positions)
 
 
-def test_thumbnails_are_read_from_disk_when_present(html):
+def test_pictures_come_from_the_thumbnails_artifact(html):
     datasets = html.split('id="datasets"')[1].split('id="performance"')[0]
     assert re.search(r'alt="\d example (basophil|lymphocyte|neutrophil) images? from heldout"',
                      datasets)
-    assert "the images of site_b are no longer at &#39;/nonexistent&#39;" in datasets
+    assert "the thumbnails artifact of site_b is missing, so no images are shown" in datasets
 
 
 def test_explanation_rows_and_overlays(html):
@@ -239,15 +247,16 @@ def test_explanation_rows_and_overlays(html):
     assert gallery.count('alt="Grad-CAM overlay') == 2
 
 
-def test_report_renders_without_the_images_on_disk(audit_json, stub_figures):
+def test_report_never_reads_the_dataset(audit_json, stub_figures):
     audit = json.loads(audit_json.read_text())
     for meta in audit["datasets"].values():
         meta["root"] = "/moved/away"
     html = render_html(audit, base_dir=audit_json.parent)
     gallery = html.split('id="errors"')[1].split('id="leakage"')[0]
     assert gallery.count('alt="Grad-CAM overlay') == 2  # explained errors: from the artifact
-    assert "image(s) could not be read from disk and are left out" in gallery
-    assert "Thumbnails left out: the images of heldout are no longer at" in html
+    datasets = html.split('id="datasets"')[1].split('id="performance"')[0]
+    assert re.search(r'alt="\d example (basophil|lymphocyte|neutrophil) images? from heldout"',
+                     datasets)
     explained = html.split('id="explanations"')[1].split('id="selective"')[0]
     assert explained.count('alt="Input:') == 2
 
@@ -421,7 +430,7 @@ def test_assets_survive_missing_files(tmp_path):
     assert assets.npz("artifacts/nothing.npz") is None
     assert assets.image("x", "a.png", 32) is None
     examples, reason = assets.examples("x", CLASSES, per_class=2, size=32)
-    assert examples is None and "no longer at" in reason
+    assert examples is None and "thumbnails artifact of x is missing" in reason
 
 
 def test_cli_report_does_not_import_tensorflow(audit_json, tmp_path):

@@ -182,7 +182,7 @@ def test_real_cells_pass_and_blank_noise_tiny_and_non_cell_images_are_flagged(tm
     labels = np.array(labels)
     order = np.random.default_rng(0).permutation(len(paths))
     fit, held = order[:360], order[360:]
-    cells = read_images([paths[i] for i in order], size)
+    cells = read_images([paths[i] for i in order], size, resize="crop")
     emb = embed(cells)
     model, _ = crossfit_ood(emb[:360], labels[fit], crossfit_folds(labels[fit], k=5, seed=0),
                             false_alarm=0.05, n_components=32)

@@ -10,7 +10,7 @@ import pytest
 from audit.cli import main
 from audit.data import load_dataset, read_images
 from audit.synthetic import write_site
-from model.io import load_model
+from model.loaded import load_model
 
 TINY = ["--weights", "none", "--input-size", "32", "--alpha", "0.35", "--head-epochs", "0",
         "--finetune-from", "Conv1", "--batch-size", "32", "--no-affine", "--no-stain"]
@@ -33,18 +33,19 @@ def trained(two_classes, tmp_path_factory):
 
 
 def test_training_beats_chance_clearly(trained, two_classes):
-    model, meta = load_model(trained)
+    loaded = load_model(trained)
+    model, meta = loaded.keras_model, loaded.metadata
     # The per-split manifest written beside the model is a dataset of its own.
     val = load_dataset(trained.with_name("m.validation.csv"), class_names=meta["class_names"])
     assert len(val) == 80  # 20% of 400, stratified
-    images = read_images(list(val.paths), 32).astype("float32")
+    images = read_images(list(val.paths), 32, resize="crop").astype("float32")
     accuracy = float(np.mean(np.asarray(model.predict(images, verbose=0)).argmax(1) == val.labels))
     assert accuracy >= 0.75, accuracy  # chance is 0.5
     assert meta["validation_accuracy"] == pytest.approx(accuracy, abs=0.05)
 
 
 def test_metadata_is_complete(trained):
-    _, meta = load_model(trained)
+    meta = load_model(trained).metadata
     for key in ("class_names", "input_size", "preprocessing", "training_data", "split",
                 "hyperparameters", "seed", "versions", "history", "phases"):
         assert key in meta, key

@@ -25,7 +25,7 @@ from math import factorial
 import numpy as np
 
 from audit.checks.base import AuditContext, Check, DatasetView, register
-from audit.data import Dataset, iter_batches, read_images
+from audit.data import Dataset, iter_batches
 from audit.drift import subsample
 from audit.factors import FACTORS, IMAGE_FACTORS, FactorSet, SetSample, fit_factors, step
 from audit.progress import progress
@@ -138,7 +138,8 @@ def _batch_seed(seed: int, first: int) -> int:
 
 
 def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image_size: int,
-                       batch_size: int, seed: int, base_predictions: np.ndarray | None = None,
+                       resize: str, batch_size: int, seed: int,
+                       base_predictions: np.ndarray | None = None,
                        desc: str = "attribution") -> tuple[np.ndarray, int]:
     """(predicted class (2^k, N) int16 for every subset of the k factors, images predicted).
 
@@ -150,7 +151,7 @@ def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image
     out = np.zeros((1 << k, len(dataset)), np.int16)
     n_forward = 0
     n_batches = -(-len(dataset) // batch_size)
-    batches = iter_batches(dataset, image_size=image_size, batch_size=batch_size)
+    batches = iter_batches(dataset, image_size=image_size, resize=resize, batch_size=batch_size)
     for images, indices in progress(batches, desc=desc, total=n_batches, unit="batch"):
         batch_seed = _batch_seed(seed, int(indices[0]))
         masks = factors.masks(images) if factors.needs_masks else None
@@ -203,7 +204,7 @@ def _interval(value: float, samples: np.ndarray) -> dict:
 def _fit_sample(ctx: AuditContext, view: DatasetView, n: int, name: str) -> SetSample:
     idx = subsample(len(view), n, rng=ctx.rng(name, "fit", view.name))
     paths = [view.dataset.paths[i] for i in idx]
-    return SetSample.from_images(read_images(paths, ctx.image_size), paths=paths)
+    return SetSample.from_images(ctx.read_images(paths), paths=paths)
 
 
 @register
@@ -293,7 +294,8 @@ class AttributionCheck(Check):
             fitted[direction] = factors.describe()
             predictions, n = subset_predictions(
                 source_view.dataset.subset(idx), factors, ctx.predictor,
-                image_size=ctx.image_size, batch_size=int(cfg["batch_size"]), seed=seed,
+                image_size=ctx.image_size, resize=ctx.resize, batch_size=int(cfg["batch_size"]),
+                seed=seed,
                 base_predictions=source_view.predictions[idx],
                 desc=f"attribution {view.name} {direction}")
             n_forward += n

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from audit.data import Dataset
-from audit.predict import DatasetOutputs
+from audit.inference import DatasetOutputs
 from audit.results import CheckResult
 
 __all__ = ["Check", "DatasetView", "AuditContext", "REGISTRY", "register", "ROLES"]
@@ -64,8 +64,10 @@ class DatasetView:
 
 @dataclass
 class AuditContext:
-    """What checks may use. `predictor` and `image_size` serve checks that need new forward
-    passes (robustness, attribution); everything else comes from `views`."""
+    """What checks may use. `predictor` serves checks that need new forward passes
+    (robustness, attribution); everything else comes from `views`. Pixels are decoded only
+    through `read_images` / `iter_batches`, which follow the model's input contract (size and
+    resize mode), so a check sees exactly what the model sees."""
 
     views: dict[str, DatasetView]
     class_names: tuple[str, ...]
@@ -75,6 +77,20 @@ class AuditContext:
     image_size: int = 224
     predictor: object | None = None
     results: dict[str, CheckResult] = field(default_factory=dict)
+    resize: str = "crop"
+
+    def read_images(self, paths, size: int | None = None) -> np.ndarray:
+        """Decode `paths` the model's way, at the input size (or `size`, e.g. thumbnails)."""
+        from audit.data import read_images
+
+        return read_images(list(paths), size or self.image_size, resize=self.resize)
+
+    def iter_batches(self, dataset: Dataset, *, batch_size: int):
+        """Stream `dataset` decoded the model's way, batch by batch."""
+        from audit.data import iter_batches
+
+        return iter_batches(dataset, image_size=self.image_size, resize=self.resize,
+                            batch_size=batch_size)
 
     @property
     def reference(self) -> DatasetView:

@@ -21,7 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from audit.checks.base import AuditContext, Check, register
-from audit.predict import softmax
+from audit.inference import softmax
 from audit.results import CheckResult, Finding, Status
 from audit.stats import crossfit_folds, few_images_note
 

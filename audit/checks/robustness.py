@@ -16,8 +16,8 @@ from audit.checks.base import AuditContext, Check, register
 from audit.checks.calibration import expected_calibration_error
 from audit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from audit.data import Dataset, iter_batches
+from audit.inference import softmax
 from audit.parallel import map_chunks
-from audit.predict import softmax
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
 
@@ -33,7 +33,7 @@ def _seed(base: int, *keys: int) -> int:
 
 
 def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
-                    severities: Sequence[int], *, image_size: int, batch_size: int,
+                    severities: Sequence[int], *, image_size: int, resize: str, batch_size: int,
                     seed: int) -> tuple[np.ndarray, int]:
     """(probs (K, S, N, C) float32, images pushed through the model) for every corruption K and
     severity S. Images are decoded once per batch; a batch's corruption noise is seeded from
@@ -46,7 +46,8 @@ def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
     # one call: the model keeps every core busy, a corruption alone would not. A fixed group
     # (not one per core) keeps model batches, hence outputs, the same on every machine.
     group = _COPIES_PER_CALL
-    for images, indices in iter_batches(dataset, image_size=image_size, batch_size=batch_size):
+    for images, indices in iter_batches(dataset, image_size=image_size, resize=resize,
+                                        batch_size=batch_size):
         batch_seed = _seed(seed, int(indices[0]))
         for first in range(0, len(combos), group):
             part = combos[first:first + group]
@@ -133,7 +134,7 @@ class RobustnessCheck(Check):
         subset = ref.dataset.subset(idx)
         labels, clean = ref.labels[idx], ref.probs[idx]
         probs, n_forward = corrupted_probs(
-            subset, ctx.predictor, names, severities, image_size=ctx.image_size,
+            subset, ctx.predictor, names, severities, image_size=ctx.image_size, resize=ctx.resize,
             batch_size=int(cfg["batch_size"]),
             seed=int(ctx.rng(self.name, "noise").integers(2 ** 31)))
         artifact = ctx.save_artifact("robustness_predictions", indices=idx, labels=labels,

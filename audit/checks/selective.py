@@ -19,7 +19,7 @@ from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from audit.checks.base import AuditContext, Check, register
-from audit.predict import softmax
+from audit.inference import softmax
 from audit.results import CheckResult, Finding, Status, worst_status
 from audit.stats import few_images_note, rate_ci
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audit.commands.common import positive_int
+from audit.commands.common import MODEL_HELP, add_model_options, contract_options, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                     "site (labels are not used), aligned to the same statistics on images of "
                     "the source site, and save the adapted model with its metadata.",
     )
-    p.add_argument("--model", required=True, help="trained model (.keras)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--data", required=True, help="target-site images: folder or manifest")
     p.add_argument("--source", help="source-site images (folder or manifest); default: the "
                                     "training manifest MODEL.train.csv beside the model. "
@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
                         "(default 512)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    add_model_options(p)
     p.set_defaults(handler=run)
 
 
@@ -36,19 +37,25 @@ def run(args: argparse.Namespace) -> int:
     from audit.data import load_unlabelled
     from audit.errors import UsageError
     from model.adapt import align_batchnorm
-    from model.io import load_model, save_model
+    from model.io import save_model
+    from model.loaded import load_model
 
     if Path(args.out).suffix != ".keras":
         raise UsageError(f"--out '{args.out}' must end in .keras")
-    model, metadata = load_model(args.model)
+    loaded = load_model(args.model, contract_options(args))
+    metadata = loaded.metadata
     target = load_unlabelled(args.data, name="target")  # labels, if any, are not used
     source = _source_set(args, metadata)
-    record = align_batchnorm(model, target, source, image_size=int(metadata["input_size"]),
-                             batch_size=args.batch_size, max_images=args.max_images,
-                             seed=args.seed)
-    metadata = {**metadata, "adaptation": [*metadata.get("adaptation", []), record]}
+    record = align_batchnorm(loaded, target, source, batch_size=args.batch_size,
+                             max_images=args.max_images, seed=args.seed)
+    contract = loaded.contract
+    metadata = {**metadata, "class_names": list(contract.class_names),
+                "input_size": contract.input_size,
+                "input_contract": {k: getattr(contract, k)
+                                   for k in ("preprocess", "resize", "channel_order")},
+                "adaptation": [*metadata.get("adaptation", []), record]}
     metadata.pop("format", None)
-    save_model(model, args.out, metadata)
+    save_model(loaded.keras_model, args.out, metadata)
     against = (f", aligned to {record['source']['images']} source images"
                if "source" in record else "")
     print(f"adapted {record['batchnorm_layers']} BatchNorm layers on {record['images']} "
@@ -65,10 +72,11 @@ def _source_set(args: argparse.Namespace, metadata: dict):
         beside = Path(args.model).with_name(Path(args.model).stem + ".train.csv")
         if beside.is_file():
             source = beside
-        elif metadata.get("architecture", {}).get("weights") is None:
+        elif "architecture" in metadata and metadata["architecture"].get("weights") is None:
             return None  # BatchNorm learned the source statistics: classic AdaBN is exact
         else:
-            raise UsageError(f"--source: '{args.model}' has a pretrained backbone whose "
-                             f"BatchNorm statistics are ImageNet's and no '{beside.name}' beside "
-                             "it; pass --source with images of the site it was trained on")
+            raise UsageError(f"--source: '{args.model}' may have a pretrained backbone whose "
+                             f"BatchNorm statistics are ImageNet's, and no '{beside.name}' "
+                             "beside it; pass --source with images of the site it was trained "
+                             "on")
     return load_unlabelled(source, name="source")

@@ -57,7 +57,7 @@ def accept_baseline(audit_path: str | Path, baseline_path: str | Path, *, policy
                     stream=None) -> int:
     """Accept `audit_path` as the baseline at `baseline_path`; return the exit code."""
     from audit.errors import InputError, UsageError
-    from audit.gate_audit import AuditFile
+    from audit.gating.reading import AuditFile
 
     stream = stream or sys.stdout
     audit_path, baseline_path = Path(audit_path), Path(baseline_path)
@@ -92,8 +92,8 @@ def accept_baseline(audit_path: str | Path, baseline_path: str | Path, *, policy
 def _compare_with_old(audit_path: Path, baseline_path: Path, *, policy, allow_dataset_change: bool,
                       force: bool, stream) -> int:
     from audit.errors import InputError
-    from audit.gate import run_gate
-    from audit.gate_report import format_table
+    from audit.gating.decision import run_gate
+    from audit.gating.formats import format_table
 
     try:
         report = run_gate(baseline_path, audit_path, policy=policy,

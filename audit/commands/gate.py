@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.gate import gate_files
+    from audit.gating.files import gate_files
 
     return gate_files(args.baseline, args.current, policy=args.policy,
                       allow_dataset_change=args.allow_dataset_change,

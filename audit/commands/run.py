@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from audit.commands.common import add_data_options, load_label_map_option, positive_int
+from audit.commands.common import (
+    MODEL_HELP,
+    add_data_options,
+    add_model_options,
+    contract_options,
+    load_label_map_option,
+    positive_int,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -44,7 +51,7 @@ def add_parser(sub) -> None:
                     "OUTDIR/audit.json, OUTDIR/artifacts/ and OUTDIR/report.html.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="trained model (.keras with CellAudit metadata)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--data", action="append", required=True, metavar="ROLE=PATH",
                    help="a dataset and its role (repeatable; see below)")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder")
@@ -59,7 +66,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute model outputs")
     p.add_argument("--gate-baseline", metavar="JSON", help="after the audit, gate against this")
     p.add_argument("--gate-policy", metavar="TOML", help="gate policy (see `audit gate`)")
+    p.add_argument("--force", action="store_true",
+                   help="audit even when the quick check finds the declared input contract "
+                        "wrong (near-chance on the reference set while another is far better)")
     add_data_options(p)
+    add_model_options(p)
     p.set_defaults(handler=run)
     # The config reference imports every check: build it only when help is asked for.
     plain_help = p.format_help
@@ -72,28 +83,26 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.config import load_config
-    from audit.runner import parse_data_spec, run_audit
+    """The CLI is a thin layer over `audit.api.run`: same inputs, same audit.json."""
+    from audit.api import run as run_api
+    from audit.runner import check_specs, parse_data_spec
 
-    overrides = list(args.set)
-    if args.seed is not None:
-        overrides.append(f"audit.seed={args.seed}")
-    if args.batch_size is not None:
-        overrides.append(f"audit.batch_size={args.batch_size}")
-    if args.checks:
-        names = ", ".join(f'"{c.strip()}"' for c in args.checks.split(",") if c.strip())
-        overrides.append(f"audit.checks=[{names}]")
-    if args.no_explain:
-        overrides.append("audit.explain=false")
-    if args.no_report:
-        overrides.append("audit.report=false")
-    if args.no_cache:
-        overrides.append('audit.cache_dir=""')
-    config = load_config(args.config, overrides)
     specs = [parse_data_spec(item) for item in args.data]
-    result = run_audit(args.model, specs, config=config, out_dir=args.out,
-                       label_map=load_label_map_option(args), strict=args.strict,
-                       command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [])
+    check_specs(specs)
+    by_role = {s.role: s.source for s in specs if s.role != "shifted"}
+    declared = contract_options(args)
+    result = run_api(
+        args.model, heldout=by_role["heldout"], train=by_role.get("train"),
+        shifted={s.name: s.source for s in specs if s.role == "shifted"} or None,
+        out=args.out, config=args.config, overrides=list(args.set),
+        classes=declared.classes, classes_from=declared.classes_from,
+        input_size=declared.input_size, preprocess=declared.preprocess,
+        resize=declared.resize, channel_order=declared.channel_order,
+        label_map=load_label_map_option(args), strict=args.strict, force=args.force,
+        seed=args.seed, batch_size=args.batch_size, checks=args.checks,
+        explain=False if args.no_explain else None, report=False if args.no_report else None,
+        cache=False if args.no_cache else None,
+        command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [])
     print(f"audit {result.status.value}: {args.out}/audit.json")
     for check in result.checks.values():
         print(f"  {check.status.value:5}  {check.name:12} {check.summary}")
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  finding {i}: {finding.text}")
     exit_code = 1 if result.status.value in ("FAIL", "ERROR") else 0
     if args.gate_baseline:
-        from audit.gate import gate_files
+        from audit.gating.files import gate_files
 
         gate_code = gate_files(args.gate_baseline, f"{args.out}/audit.json", policy=args.gate_policy)
         exit_code = max(exit_code, gate_code)

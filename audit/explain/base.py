@@ -12,7 +12,7 @@ pixels speak against `target`) in [-1, 1]. An all-zero map stays zero. Rank-base
 (deletion/insertion order, Spearman correlations) do not depend on this scaling.
 
 Model calls are batched: gradient methods run one tape per batch, perturbation methods call
-`predict` (an `audit.predict.Predictor`, which counts the images it sees) on large batches.
+`predict` (an `audit.inference.Predictor`, which counts the images it sees) on large batches.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Explainer:
     description: ClassVar[str] = ""
 
     def __init__(self, model, *, seed: int = 0, batch_size: int = 64, predictor=None):
-        from audit.predict import Predictor
+        from audit.inference import Predictor
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}")

@@ -1,18 +1,20 @@
 """Grad-CAM (Selvaraju et al. 2017) with `tf.GradientTape` on the last convolutional feature map.
 
-The feature map is found automatically: walk the model's layers from the end and take the last
-layer with a 4-D output, descending into a nested sub-model (the `backbone` of
-`model.build.build_classifier`) when there is one. A 1x1 grid cannot localise anything
+The feature map is found automatically (`model.graph.find_feature_layer`): walk the model's
+layers from the end and take the last layer with a 4-D output, at any depth of nested
+sub-models (the `backbone` of `model.build.build_classifier`, or a notebook's
+`Sequential([MobileNetV2(...), ...])`). A 1x1 grid cannot localise anything
 (MobileNetV2 at 32 px), so the last 4-D layer whose grid is at least `min_grid` cells a side
 is taken. Default 4: MobileNetV2's last map (`out_relu`) is 7x7 at 224 px, the standard
 Grad-CAM layer; at 64 px it is 2x2, and there the 4x4 `block_13_expand_relu` is taken instead
 (on a classifier trained on 64-px synthetic cells, `out_relu` maps were no better than random
 maps under deletion/insertion, gain -0.01, while `block_13_expand_relu` maps gained +0.36).
 
-The explained score is the target's logit (pre-softmax): the `logits` layer when the model has
-one, else the pre-activation of a final softmax Dense layer (e.g.
-`keras.applications.MobileNetV2(include_top=True)`), computed from its input, kernel and bias.
-Gradients of the softmax output saturate for confident predictions, logits do not.
+The explained score is the target's logit (pre-softmax): the pre-activation of the classifier's
+last Dense layer, computed from its input, kernel and bias (`LoadedModel.feature_head`).
+Gradients of the softmax output saturate for confident predictions, logits do not. The
+model's input contract (channel order, scaling) is applied before the model, as for every
+forward pass; a SavedModel has no layer graph, so Grad-CAM reports that it is not possible.
 
 Map = ReLU(sum_k mean_xy(d logit / d A_k) * A_k), upsampled bilinearly to the input size;
 non-negative (`signed = False`). One traced tape per batch of `batch_size` images.
@@ -22,81 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from audit.explain.base import Explainer, register_explainer
+from model.graph import find_feature_layer
 
 __all__ = ["GradCAM", "find_feature_layer", "FeatureHead"]
-
-
-def _rank(layer) -> int | None:
-    try:
-        shape = layer.output.shape
-    except (AttributeError, ValueError):  # a layer with several outputs or never called
-        return None
-    return len(shape)
-
-
-def _grid(layer) -> int:
-    """The smaller side of a layer's feature grid (0 when unknown)."""
-    shape = layer.output.shape
-    return int(min(shape[1] or 0, shape[2] or 0))
-
-
-def _is_model(layer) -> bool:
-    return isinstance(layer, keras.Model)
-
-
-def _is_feature_map(layer) -> bool:
-    # Padding layers add a border of zeros: their grid is not aligned with the image.
-    return (not isinstance(layer, (keras.layers.InputLayer, keras.layers.ZeroPadding2D))
-            and not _is_model(layer) and _rank(layer) == 4)
-
-
-def find_feature_layer(model, *, min_grid: int = 4) -> list:
-    """Path to the last convolutional feature map: [layer] or [nested_model, layer].
-
-    The last 4-D layer whose grid is at least `min_grid` cells on each side; if none is, the
-    last 4-D layer. Raises ValueError naming the model when it has no 4-D layer.
-    """
-    candidates: list[list] = []
-    for layer in reversed(model.layers):
-        if _is_model(layer):
-            candidates += [[layer, lyr] for lyr in reversed(layer.layers) if _is_feature_map(lyr)]
-        elif _is_feature_map(layer):
-            candidates.append([layer])
-    if not candidates:
-        raise ValueError(f"model '{model.name}' has no layer with a 4-D (convolutional) output "
-                         "for Grad-CAM")
-    fine = [path for path in candidates if _grid(path[-1]) >= min_grid]
-    return (fine or candidates)[0]
-
-
-def _logit_source(model) -> tuple[object, keras.layers.Dense | None]:
-    """(outer-graph tensor, dense): logits = tensor if dense is None else tensor @ W + b."""
-    names = {layer.name for layer in model.layers}
-    if "logits" in names:
-        return model.get_layer("logits").output, None
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    if not dense:
-        raise ValueError(f"model '{model.name}' has no 'logits' or Dense layer to explain")
-    last = dense[-1]
-    if getattr(last.activation, "__name__", "") in ("softmax", "sigmoid"):
-        return last.input, last  # the pre-activation is recomputed from the Dense's input
-    return last.output, None
-
-
-def _outer_node(sub_model, model):
-    """The call of `sub_model` inside `model`'s graph (its input and output tensors)."""
-    for node in reversed(sub_model._inbound_nodes):
-        try:
-            keras.Model(model.inputs, node.output_tensors)
-        except ValueError:
-            continue
-        return node
-    raise ValueError(f"cannot find where '{sub_model.name}' is called in model '{model.name}'")
 
 
 @dataclass
@@ -104,35 +38,16 @@ class FeatureHead:
     """A model split as images -> (feature map A, logits), so the tape can watch A."""
 
     feature_path: str
-    run: object  # callable(images float32) -> (A, logits)
+    run: object  # callable(raw RGB images float32) -> (A, logits)
 
     @classmethod
     def from_model(cls, model, *, min_grid: int = 4) -> FeatureHead:
-        path = find_feature_layer(model, min_grid=min_grid)
-        source, dense = _logit_source(model)
-        if len(path) == 1:
-            both = keras.Model(model.inputs, [path[0].output, source])
+        """From a `LoadedModel` (or a Keras model): its contract's scaling comes first.
+        Raises `model.loaded.GraphUnavailable` for a model without a layer graph."""
+        from model.loaded import as_loaded
 
-            def forward(x):
-                return both(x, training=False)
-        else:
-            sub, layer = path
-            node = _outer_node(sub, model)
-            pre = keras.Model(model.inputs, node.input_tensors)
-            inner = keras.Model(sub.inputs, [layer.output, *sub.outputs])
-            post = keras.Model(node.output_tensors, source)
-
-            def forward(x):
-                feature, *sub_out = inner(pre(x, training=False), training=False)
-                return feature, post(sub_out, training=False)
-
-        def run(x):
-            feature, out = forward(x)
-            if dense is not None:
-                out = tf.matmul(out, dense.kernel) + (dense.bias if dense.use_bias else 0.0)
-            return feature, out
-
-        return cls("/".join(layer.name for layer in path), run)
+        path, run = as_loaded(model).feature_head(min_grid=min_grid)
+        return cls(path, run)
 
 
 @register_explainer

@@ -81,11 +81,11 @@ def explain_audit(ctx) -> dict:
     """
     cfg = ctx.config["explain"]
     started = time.perf_counter()
-    model = getattr(ctx.predictor, "model", None)
+    model = getattr(ctx.predictor, "loaded", None)
     if model is None:
         return clean({"layout_version": LAYOUT_VERSION, "skipped": "no model to explain"})
     from audit.explain import load_builtin_explainers
-    from audit.predict import Predictor
+    from audit.inference import Predictor
 
     _check_config(cfg, list(load_builtin_explainers()))
     predictor = ctx.predictor  # already traced: reuse it when its batch size is the one asked
@@ -157,11 +157,13 @@ class _Run:
     def random_twin(self, name: str):
         """The explainer `name` on a copy of the model with re-initialised top layers."""
         if self._random_twins is None:
-            from audit.predict import Predictor
+            from audit.inference import Predictor
 
+            network = self.model.require_graph("The model-randomisation sanity check")
             copy, self.reinitialised = randomised_copy(
-                self.model, n_layers=int(self.cfg["sanity_reinit_layers"]),
+                network, n_layers=int(self.cfg["sanity_reinit_layers"]),
                 rng=self.ctx.rng("explain", "randomise"))
+            copy = self.model.with_keras_model(copy)
             self._random_twins = {"model": copy, "predictor": Predictor(
                 copy, batch_size=int(self.cfg["batch_size"]))}
         twins = self._random_twins
@@ -171,7 +173,6 @@ class _Run:
         return twins[name]
 
     def dataset(self, view) -> dict:
-        from audit.data import read_images
         from audit.imaging import white_cell_mask
 
         cfg, ctx = self.cfg, self.ctx
@@ -186,7 +187,7 @@ class _Run:
                  "images": [], "cell_area_share": None, "random": None, "methods": {}}
         if len(idx) == 0:
             return entry
-        images = read_images([view.dataset.paths[i] for i in idx], ctx.image_size)
+        images = ctx.read_images([view.dataset.paths[i] for i in idx])
         targets = view.predictions[idx].astype(np.int64)
         labels = view.labels[idx].astype(np.int64)
         confidence = view.probs[idx, targets]

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
 from audit.errors import InputError
-from audit.gate_audit import AuditFile, PredictionsUnavailable, Reading
-from audit.gate_policy import DatasetRules, Policy, Significance, load_policy
+from audit.gating.policy import DatasetRules, Policy, Significance, load_policy
+from audit.gating.reading import AuditFile, PredictionsUnavailable, Reading
 
 __all__ = ["RuleResult", "GateReport", "PASS", "FAIL", "ERROR", "SKIP", "check_comparable",
-           "evaluate", "run_gate", "gate_files", "drop_interval"]
+           "evaluate", "run_gate", "drop_interval", "MARKDOWN_NAME", "JUNIT_NAME"]
 
 PASS, FAIL, ERROR, SKIP = "PASS", "FAIL", "ERROR", "SKIP"
 _EPS = 1e-9  # 0.90 -> 0.89 is a drop of 0.010000000000000009, which must pass a 0.01 limit
@@ -88,6 +85,18 @@ class GateReport:
     @property
     def status(self) -> str:
         return FAIL if self.failures else PASS
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the gate's Markdown table as HTML-escaped preformatted text."""
+        import html
+
+        from audit.gating.formats import format_table
+
+        return f"<pre>{html.escape(format_table(self))}</pre>"
 
     @property
     def exit_code(self) -> int:
@@ -385,29 +394,3 @@ def run_gate(baseline_path: str | os.PathLike, current_path: str | os.PathLike, 
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
     return evaluate(baseline, current, policy, allow_dataset_change=allow_dataset_change)
-
-
-def gate_files(baseline_path: str | os.PathLike, current_path: str | os.PathLike, *,
-               policy: str | os.PathLike | Policy | None = None,
-               allow_dataset_change: bool = False,
-               markdown: str | os.PathLike | None = None,
-               junit: str | os.PathLike | None = None,
-               stream: TextIO | None = None) -> int:
-    """Gate, print the table, write the Markdown summary and JUnit XML; return the exit code.
-
-    `markdown`/`junit` default to gate-summary.md / gate-junit.xml beside the current audit.
-    """
-    from audit.atomic import write_text
-    from audit.gate_report import format_junit, format_markdown, format_table
-
-    stream = stream or sys.stdout
-    report = run_gate(baseline_path, current_path, policy=policy,
-                      allow_dataset_change=allow_dataset_change)
-    folder = Path(current_path).parent
-    md_path = Path(markdown) if markdown else folder / MARKDOWN_NAME
-    junit_path = Path(junit) if junit else folder / JUNIT_NAME
-    write_text(md_path, format_markdown(report))
-    write_text(junit_path, format_junit(report))
-    print(format_table(report), file=stream)
-    print(f"gate summary: {md_path}, JUnit: {junit_path}", file=stream)
-    return report.exit_code

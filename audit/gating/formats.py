@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from audit.gate import ERROR, FAIL, SKIP, GateReport, RuleResult
+from audit.gating.decision import ERROR, FAIL, SKIP, GateReport, RuleResult
 
 __all__ = ["COLUMNS", "rows", "format_table", "format_markdown", "format_junit", "headline"]
 

@@ -1,0 +1,190 @@
+"""Is the model being fed the way it was trained? A quick test before any expensive work.
+
+A model fed pixels scaled or resized another way than in training still returns confident
+answers: the audit would then blame the model for the set-up (a [0, 1] model fed 0-255 pixels
+called 92% of a demo set 'lymphocyte'). So on a seeded, class-stratified sample of the
+reference set (64 images by default) the declared contract is scored, and with it the other
+resize modes; when the declared contract is no better than always answering the commonest
+class, or puts almost every image in one class, every candidate (scaling x resize x channel
+order) is scored too. `audit run` stops (exit 2) when the declared contract looks like that
+and another candidate is far better, naming the options to use; `--force` audits anyway.
+`audit inspect --data` scores every candidate and recommends the best.
+
+Decisions use exact tests on the sample: the declared accuracy against the majority-class rate
+(one-sided binomial), and the best candidate against the declared one on the same images
+(exact McNemar on the images where they disagree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from itertools import product
+
+import numpy as np
+from scipy.stats import binomtest
+
+from audit.data import Dataset, read_images
+from audit.errors import UsageError
+from audit.sampling import stratified_subsample
+from model.contract import CHANNEL_ORDERS, PREPROCESS, RESIZE, InputContract, scale_images
+
+__all__ = ["CandidateScore", "ContractCheck", "score_candidates", "check_contract",
+           "DEFAULT_IMAGES"]
+
+DEFAULT_IMAGES = 64
+_CHANCE_ALPHA = 0.01      # declared accuracy not above the majority rate at this level: suspect
+_ONE_CLASS_SHARE = 0.9    # one predicted class for this share of the sample: suspect ...
+_STOP_MARGIN = 0.25       # ... and a candidate this much better (p < _STOP_ALPHA): stop
+_STOP_ALPHA = 1e-3
+_WARN_MARGIN = 0.10       # a candidate this much better (p < _WARN_ALPHA): warn
+_WARN_ALPHA = 0.01
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    preprocess: str
+    resize: str
+    channel_order: str
+    accuracy: float
+    top_class_share: float
+    top_class: str
+
+    def flags(self) -> str:
+        return f"--preprocess {self.preprocess} --resize {self.resize}" + (
+            f" --channel-order {self.channel_order}" if self.channel_order != "RGB" else "")
+
+
+@dataclass(frozen=True)
+class ContractCheck:
+    images: int
+    majority_rate: float
+    declared: CandidateScore
+    candidates: tuple[CandidateScore, ...]
+    verdict: str              # ok | warning | wrong
+    message: str
+    p_value_vs_majority: float
+
+    @property
+    def best(self) -> CandidateScore:
+        return max(self.candidates, key=lambda c: c.accuracy)
+
+    def describe(self) -> dict:
+        return {"images": self.images, "majority_rate": self.majority_rate,
+                "p_value_vs_majority": self.p_value_vs_majority,
+                "declared": asdict(self.declared),
+                "candidates": [asdict(c) for c in self.candidates],
+                "verdict": self.verdict, "message": self.message}
+
+
+def _scores(predictor, contract: InputContract, images_by_resize: dict[str, np.ndarray],
+            labels: np.ndarray, candidates: list[tuple[str, str, str]]
+            ) -> tuple[list[CandidateScore], dict]:
+    """Score each (preprocess, resize, channel order) with one traced raw forward pass."""
+    scores, hits = [], {}
+    for preprocess, resize, channel_order in candidates:
+        x = np.asarray(scale_images(images_by_resize[resize], preprocess=preprocess,
+                                    channel_order=channel_order))
+        predicted = predictor.logits(x).argmax(axis=1)
+        counts = np.bincount(predicted, minlength=contract.n_classes)
+        top = int(counts.argmax())
+        correct = predicted == labels
+        hits[(preprocess, resize, channel_order)] = correct
+        scores.append(CandidateScore(preprocess, resize, channel_order, float(correct.mean()),
+                                     float(counts[top] / len(predicted)),
+                                     contract.class_names[top]))
+    return scores, hits
+
+
+def _raw_predictor(loaded, batch_size: int):
+    """A predictor that applies no scaling: the candidates are scaled before the call."""
+    from audit.inference import Predictor
+
+    raw = loaded.contract.with_(preprocess="none", channel_order="RGB")
+    return Predictor(replace(loaded, contract=raw, _forward=None), batch_size=batch_size)
+
+
+def score_candidates(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,
+                     batch_size: int = 64, full: bool = True,
+                     ) -> tuple[list[CandidateScore], dict, np.ndarray]:
+    """Scores of the declared contract first, then the other candidates: with `full`, every
+    scaling x resize x channel order; without, the other resize modes only."""
+    contract = loaded.contract
+    idx = stratified_subsample(dataset.labels, n_images, rng=np.random.default_rng([seed, 7]))
+    paths = [dataset.paths[i] for i in idx]
+    labels = dataset.labels[idx]
+    declared = (contract.preprocess, contract.resize, contract.channel_order)
+    if full:
+        grid = list(product(PREPROCESS, RESIZE, CHANNEL_ORDERS))
+    else:
+        grid = [(contract.preprocess, r, contract.channel_order) for r in RESIZE]
+    grid = [declared] + [c for c in grid if c != declared]
+    images = {r: read_images(paths, contract.input_size, resize=r)
+              for r in dict.fromkeys(c[1] for c in grid)}
+    scores, hits = _scores(_raw_predictor(loaded, batch_size), contract, images, labels, grid)
+    return scores, hits, labels
+
+
+def _mcnemar(better: np.ndarray, worse: np.ndarray) -> float:
+    """One-sided exact McNemar p-value that `better` is right more often than `worse`."""
+    gains, losses = int(np.sum(better & ~worse)), int(np.sum(~better & worse))
+    if gains + losses == 0:
+        return 1.0
+    return float(binomtest(gains, gains + losses, 0.5, alternative="greater").pvalue)
+
+
+def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,
+                   batch_size: int = 64) -> ContractCheck:
+    """Score the declared contract on the reference sample and judge it (module doc)."""
+    scores, hits, labels = score_candidates(loaded, dataset, n_images=n_images, seed=seed,
+                                            batch_size=batch_size, full=False)
+    declared = scores[0]
+    n = len(labels)
+    majority = float(np.bincount(labels).max() / n)
+    p_chance = float(binomtest(round(declared.accuracy * n), n, majority,
+                               alternative="greater").pvalue)
+    label_top = float(np.bincount(labels).max() / n)
+    suspect = p_chance > _CHANCE_ALPHA or (declared.top_class_share >= _ONE_CLASS_SHARE
+                                           and label_top < 0.6)
+    if suspect:
+        scores, hits, labels = score_candidates(loaded, dataset, n_images=n_images, seed=seed,
+                                                batch_size=batch_size, full=True)
+    key = (declared.preprocess, declared.resize, declared.channel_order)
+    others = [s for s in scores[1:]]
+    best = max(others, key=lambda c: c.accuracy) if others else declared
+    p_best = _mcnemar(hits[(best.preprocess, best.resize, best.channel_order)], hits[key])
+    margin = best.accuracy - declared.accuracy
+    contract = loaded.contract
+    described = (f"with --preprocess {declared.preprocess} "
+                 f"({contract.sources.get('preprocess', 'declared')}) and --resize "
+                 f"{declared.resize} ({contract.sources.get('resize', 'declared')})")
+    if suspect and margin >= _STOP_MARGIN and p_best < _STOP_ALPHA:
+        what = (f"calls {100 * declared.top_class_share:.0f}% of them {declared.top_class}"
+                if declared.top_class_share >= _ONE_CLASS_SHARE else
+                f"is no better than always answering the commonest class "
+                f"({100 * majority:.0f}%)")
+        verdict, message = "wrong", (
+            f"{described} the model gets {100 * declared.accuracy:.0f}% of {n} reference "
+            f"images right and {what}; {best.flags()} gets {100 * best.accuracy:.0f}%. "
+            f"Declare the model's input contract ({best.flags()}), or use --force to audit "
+            "it as declared")
+    elif margin >= _WARN_MARGIN and p_best < _WARN_ALPHA:
+        verdict, message = "warning", (
+            f"{described} the model gets {100 * declared.accuracy:.0f}% of {n} reference "
+            f"images right, but {best.flags()} gets {100 * best.accuracy:.0f}%: check how the "
+            "model was trained (`audit inspect MODEL --data DIR`)")
+    else:
+        verdict, message = "ok", (f"{described} the model gets {100 * declared.accuracy:.0f}% "
+                                  f"of {n} reference images right")
+    return ContractCheck(images=n, majority_rate=majority, declared=declared,
+                         candidates=tuple(scores), verdict=verdict, message=message,
+                         p_value_vs_majority=p_chance)
+
+
+def enforce(check: ContractCheck, *, force: bool, where: str) -> None:
+    """Stop the audit on a wrong set-up unless forced; warnings go to stderr."""
+    import warnings
+
+    if check.verdict == "wrong" and not force:
+        raise UsageError(f"model '{where}': {check.message}")
+    if check.verdict in ("wrong", "warning"):
+        warnings.warn(f"model '{where}': {check.message}", stacklevel=2)

@@ -1,0 +1,202 @@
+"""One streamed pass per dataset: logits, probabilities, embeddings, image properties, hashes.
+
+Everything the checks need from pixels is computed here once, batched, and cached on disk
+under a key of model hash, dataset fingerprint and input contract: a second audit over the
+same inputs does no model work and decodes no image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audit.atomic import atomic_path
+from audit.data import Dataset, iter_batches
+from audit.progress import progress
+
+__all__ = ["DatasetOutputs", "Predictor", "compute_outputs", "per_image_outputs",
+           "assemble_outputs", "softmax",
+           "cell_size_sample", "CACHE_VERSION"]
+
+CACHE_VERSION = "5"  # 5: usability properties and sizes on disk (safety flags)
+
+
+@dataclass(frozen=True)
+class DatasetOutputs:
+    logits: np.ndarray       # (N, C) float64
+    probs: np.ndarray        # (N, C) float64
+    embeddings: np.ndarray   # (N, D) float32, penultimate layer
+    properties: dict[str, np.ndarray]
+    phash: np.ndarray        # (N, 8) uint64: pHash of the 8 flips/90-degree rotations
+    from_cache: bool = False
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+class Predictor:
+    """Batched, graph-compiled forward passes of one model through its input contract;
+    counts the images it has seen.
+
+    `model` is a `model.loaded.LoadedModel` (or a Keras model whose scaling its graph shows);
+    images are RGB uint8 (or float 0-255) at the contract's input size, decoded by
+    `audit.data` with the contract's `resize`: `LoadedModel.forward` applies the channel order
+    and scaling, so no caller can feed the model any other way.
+    """
+
+    def __init__(self, model, *, batch_size: int = 64):
+        import tensorflow as tf
+
+        from model.loaded import as_loaded
+
+        self.loaded = as_loaded(model)
+        self.model = self.loaded.keras_model
+        self.contract = self.loaded.contract
+        self.batch_size = batch_size
+        self.n_images = 0
+        size = self.contract.input_size
+        # One trace for every batch size: eager per-call overhead dominates on CPU.
+        spec = tf.TensorSpec((None, size, size, 3), tf.float32)
+        self._run = tf.function(self.loaded.forward(), input_signature=[spec])
+
+    @property
+    def image_size(self) -> int:
+        return self.contract.input_size
+
+    @property
+    def resize(self) -> str:
+        return self.contract.resize
+
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits float64 (N, C), embeddings float32 (N, D)) for uint8 or float images."""
+        import tensorflow as tf
+
+        images = np.asarray(images)
+        size = self.contract.input_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must have shape (N, {size}, {size}, 3) for this model, "
+                             f"received {images.shape}")
+        logits, embeddings = [], []
+        for start in range(0, len(images), self.batch_size):
+            chunk = tf.constant(images[start:start + self.batch_size], tf.float32)
+            lo, em = self._run(chunk)
+            logits.append(lo.numpy().astype(np.float64))
+            embeddings.append(em.numpy().astype(np.float32))
+            self.n_images += int(chunk.shape[0])
+        if not logits:
+            raise ValueError("no images to predict")
+        return np.concatenate(logits), np.concatenate(embeddings)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.outputs(images)[0]
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(images))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cell_size_sample(dataset: Dataset, max_images: int) -> np.ndarray:
+    """Bool per image: measure its cell size (see `compute_outputs`)."""
+    from audit.sampling import stratified_subsample
+
+    selected = np.zeros(len(dataset), bool)
+    if max_images <= 0 or max_images >= len(dataset):
+        selected[:] = True
+        return selected
+    seed = int.from_bytes(hashlib.sha256(dataset.fingerprint.encode()).digest()[:8], "little")
+    selected[stratified_subsample(dataset.labels, max_images,
+                                  rng=np.random.default_rng(seed))] = True
+    return selected
+
+
+def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
+                      measure_cell: np.ndarray) -> dict[str, np.ndarray]:
+    """Everything computed from one decoded batch: the unit of work of every engine (local
+    threads here, Ray Data workers in a cluster), so that both give the same numbers.
+
+    {"logits" (B, C) float64, "embeddings" (B, D) float32, "phash" (B, 8) uint64,
+     "prop_<name>" (B,) per image property}; `measure_cell` (B,) bool: where to measure the
+    cell size (its mask costs about two forward passes).
+    """
+    from audit.duplicates import dihedral_hashes
+    from audit.imaging import image_properties, image_usability
+
+    logits, embeddings = predictor.outputs(images)
+    properties = {**image_properties(images, cell_size=measure_cell), **image_usability(images)}
+    return {"logits": logits, "embeddings": embeddings,
+            "phash": dihedral_hashes(images).astype(np.uint64),
+            **{f"prop_{k}": v for k, v in properties.items()}}
+
+
+def assemble_outputs(parts: list[dict[str, np.ndarray]], *, from_cache: bool = False
+                     ) -> DatasetOutputs:
+    """`DatasetOutputs` from per-batch results (or one dict of whole arrays), in order."""
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return DatasetOutputs(
+        logits=arrays["logits"], probs=softmax(arrays["logits"]),
+        embeddings=arrays["embeddings"],
+        properties={k[5:]: v for k, v in arrays.items() if k.startswith("prop_")},
+        phash=arrays["phash"].astype(np.uint64), from_cache=from_cache)
+
+
+def _cache_file(cache_dir: Path, predictor: Predictor, dataset: Dataset,
+                cell_size_images: int) -> Path:
+    contract = predictor.contract
+    # Everything that changes what the model sees or returns is in the key.
+    key = hashlib.sha256("|".join(map(str, (
+        CACHE_VERSION, predictor.loaded.sha256, dataset.fingerprint, contract.input_size,
+        contract.resize, contract.preprocess, contract.channel_order, contract.output,
+        cell_size_images))).encode()).hexdigest()[:32]
+    return cache_dir / f"outputs-{key}.npz"
+
+
+def compute_outputs(
+    dataset: Dataset,
+    *,
+    predictor: Predictor,
+    cache_dir: str | os.PathLike | None,
+    cell_size_images: int = 0,
+) -> DatasetOutputs:
+    """Outputs for every image of `dataset`, from the cache when present.
+
+    The white-cell mask behind the cell_size property costs twice a forward pass per image,
+    so with `cell_size_images` > 0 it is measured on a class-stratified sample of that many
+    images, seeded by the dataset fingerprint (NaN elsewhere); 0 measures every image.
+    """
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = _cache_file(Path(cache_dir), predictor, dataset, cell_size_images)
+        if cache_path.is_file():
+            with np.load(cache_path) as data:
+                return assemble_outputs([{k: data[k] for k in data.files}], from_cache=True)
+    measure_cell = cell_size_sample(dataset, cell_size_images)
+    batch_size = predictor.batch_size
+    batches = iter_batches(dataset, image_size=predictor.image_size, resize=predictor.resize,
+                           batch_size=batch_size)
+    n_batches = -(-len(dataset) // batch_size)
+    from audit.imaging import source_sizes
+
+    parts = []
+    for images, indices in progress(batches, desc=f"predict {dataset.name}", total=n_batches,
+                                    unit="batch"):
+        part = per_image_outputs(predictor, images, measure_cell=measure_cell[indices])
+        # The size on disk, from the file header: lost once the image is resized.
+        width, height = source_sizes([dataset.paths[i] for i in indices])
+        parts.append({**part, "prop_source_width": width, "prop_source_height": height})
+    outputs = assemble_outputs(parts)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_path, suffix=".npz") as tmp:
+            np.savez(tmp, logits=outputs.logits, embeddings=outputs.embeddings,
+                     phash=outputs.phash, **{f"prop_{k}": v for k, v in outputs.properties.items()})
+    return outputs
