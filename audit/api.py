@@ -197,13 +197,14 @@ def predict(model, images, *, audit: AuditResult | str | os.PathLike | None = No
 
     `images`: image files or folders (a path or a list of them), or an array of pixels
     (N x H x W x 3). With `audit` (the model's AuditResult or audit.json), probabilities are
-    temperature-calibrated and `refer_to_human` applies the audit's referral threshold.
-    One row per image: path, predicted_class, probability, refer_to_human, status (unreadable
-    files say why), p_<class>...
+    temperature-calibrated and `refer_to_human` applies the audit's referral threshold and
+    safety flags (images that are not usable cell images are referred with or without it).
+    One row per image: path, predicted_class, probability, refer_to_human, refer_reason,
+    status (unreadable files say why), p_<class>...
 
         >>> table = audit.predict("model.keras", "new_images/", audit=result)
     """
-    from audit.prediction import audit_calibration, collect_images, predict_rows
+    from audit.prediction import Referral, audit_referral, collect_images, predict_rows
 
     try:
         loaded = _load(model, _contract_options(
@@ -226,12 +227,11 @@ def predict(model, images, *, audit: AuditResult | str | os.PathLike | None = No
             manifest, _ = materialise((pixels, np.zeros(len(pixels), int)), scratch,
                                       class_names=names, argument="images")
             paths = sorted(str(p) for p in Path(manifest).parent.glob("*.png"))
-        temperature, threshold = 1.0, None
+        referral = Referral()
         if audit is not None:
             where = audit.location if isinstance(audit, AuditResult) else audit
-            temperature, threshold = audit_calibration(where, loaded.sha256)
-        rows = list(predict_rows(loaded, paths, temperature=temperature, threshold=threshold,
-                                 batch_size=batch_size))
+            referral = audit_referral(where, loaded.sha256)
+        rows = list(predict_rows(loaded, paths, referral=referral, batch_size=batch_size))
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
             for i, row in enumerate(rows):

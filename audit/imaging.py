@@ -23,6 +23,10 @@ __all__ = [
     "hash_thumbnail",
     "hash_thumbnails",
     "hamming_distance_matrix",
+    "USABILITY_PROPERTIES",
+    "image_usability",
+    "source_sizes",
+    "rms_contrast",
 ]
 
 PROPERTIES: tuple[str, ...] = ("brightness", "contrast", "saturation", "hue", "sharpness", "cell_size")
@@ -119,6 +123,78 @@ def _cell_size(images: np.ndarray, selected: np.ndarray) -> np.ndarray:
         masks = white_cell_mask(images[selected])
         out[selected] = masks.reshape(len(masks), -1).mean(axis=1, dtype=np.float64)
     return out
+
+
+# ---- usability: cheap per-image signs that an input is not a cell crop --------------------------
+
+USABILITY_PROPERTIES: tuple[str, ...] = ("dark_fraction", "nucleus_contrast",
+                                         "nucleus_concentration")
+_THUMB = 32  # usability is judged on a box-filtered thumbnail: ~0.3 ms per 224-px image
+
+
+def image_usability(images: np.ndarray) -> dict[str, np.ndarray]:
+    """One float64 value per image for each name in `USABILITY_PROPERTIES`, from a 32-px
+    box-filtered thumbnail (cheap enough for every image; the full `white_cell_mask` is not).
+
+    - dark_fraction: share of the thumbnail darker than 6% luminance (black padding, a dark
+      frame); a stained smear has none.
+    - nucleus_contrast, nucleus_concentration: the first test of `white_cell_mask`. The stain
+      channel log(B/G) is split into three classes (multi-level Otsu); the contrast is the mean
+      of the top class minus the median of the rest (a Romanowsky nucleus: > 0.15), the
+      concentration the share of the top class in its largest connected piece (one nucleus:
+      high; noise or texture: scattered specks). Both 0 for an image without stain variation.
+    """
+    images = _check(images)
+    if images.shape[0] == 0:
+        return {name: np.zeros(0) for name in USABILITY_PROPERTIES}
+    parts = map_chunks(_usability, images, chunk=_CHUNK * 4)
+    return {name: np.concatenate([p[name] for p in parts]) for name in USABILITY_PROPERTIES}
+
+
+def _usability(images: np.ndarray) -> dict[str, np.ndarray]:
+    n = images.shape[0]
+    out = {name: np.zeros(n) for name in USABILITY_PROPERTIES}
+    for i in range(n):
+        im = Image.fromarray(images[i])
+        factor = min(im.size) // _THUMB
+        if factor > 1:
+            im = im.reduce(factor)
+        small = np.asarray(im.resize((_THUMB, _THUMB), Image.Resampling.BOX) if im.size != (
+            _THUMB, _THUMB) else im, dtype=np.float32)
+        out["dark_fraction"][i] = np.mean(small @ (_LUMA / 255.0).astype(np.float32) < 0.06)
+        blue = np.log((small[..., 2] + 1) / (small[..., 1] + 1))
+        if np.ptp(blue) < 0.1:
+            continue
+        try:
+            top = blue > threshold_multiotsu(blue, classes=3, nbins=32)[1]
+        except ValueError:  # too few distinct values
+            continue
+        if not top.any() or top.all():
+            continue
+        out["nucleus_contrast"][i] = float(blue[top].mean() - np.median(blue[~top]))
+        labels, _ = ndimage.label(top)
+        out["nucleus_concentration"][i] = float(np.bincount(labels.ravel())[1:].max() / top.sum())
+    return out
+
+
+def rms_contrast(images: np.ndarray) -> np.ndarray:
+    """The `contrast` property alone: standard deviation of BT.601 luminance (0-1)."""
+    images = _check(images)
+    return _luminance(images).reshape(len(images), -1).std(axis=1, dtype=np.float64)
+
+
+def source_sizes(paths) -> tuple[np.ndarray, np.ndarray]:
+    """(width, height) of each image file as stored, read from its header without decoding
+    (-1 where the file cannot be opened): whether an image is far smaller than the model input
+    is lost once it has been resized."""
+    sizes = np.full((len(paths), 2), -1, dtype=np.int64)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                sizes[i] = im.size
+        except (OSError, ValueError):
+            pass
+    return sizes[:, 0], sizes[:, 1]
 
 
 # ---- white-cell mask -------------------------------------------------------------------------

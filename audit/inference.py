@@ -23,7 +23,7 @@ __all__ = ["DatasetOutputs", "Predictor", "compute_outputs", "per_image_outputs"
            "assemble_outputs", "softmax",
            "cell_size_sample", "CACHE_VERSION"]
 
-CACHE_VERSION = "4"
+CACHE_VERSION = "5"  # 5: usability properties and sizes on disk (safety flags)
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,10 @@ def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
     cell size (its mask costs about two forward passes).
     """
     from audit.duplicates import dihedral_hashes
-    from audit.imaging import image_properties
+    from audit.imaging import image_properties, image_usability
 
     logits, embeddings = predictor.outputs(images)
-    properties = image_properties(images, cell_size=measure_cell)
+    properties = {**image_properties(images, cell_size=measure_cell), **image_usability(images)}
     return {"logits": logits, "embeddings": embeddings,
             "phash": dihedral_hashes(images).astype(np.uint64),
             **{f"prop_{k}": v for k, v in properties.items()}}
@@ -205,9 +205,15 @@ def compute_outputs(
     batches = iter_batches(dataset, image_size=predictor.image_size, resize=predictor.resize,
                            batch_size=batch_size)
     n_batches = -(-len(dataset) // batch_size)
-    parts = [per_image_outputs(predictor, images, measure_cell=measure_cell[indices])
-             for images, indices in progress(batches, desc=f"predict {dataset.name}",
-                                             total=n_batches, unit="batch")]
+    from audit.imaging import source_sizes
+
+    parts = []
+    for images, indices in progress(batches, desc=f"predict {dataset.name}", total=n_batches,
+                                    unit="batch"):
+        part = per_image_outputs(predictor, images, measure_cell=measure_cell[indices])
+        # The size on disk, from the file header: lost once the image is resized.
+        width, height = source_sizes([dataset.paths[i] for i in indices])
+        parts.append({**part, "prop_source_width": width, "prop_source_height": height})
     outputs = assemble_outputs(parts)
     if cache_path is not None:
         try:

@@ -1,23 +1,30 @@
-"""Classify new images with a model and, optionally, its audit's calibration and referral
-threshold: the library behind `audit predict` and `audit.predict`.
+"""Classify new images with a model and, optionally, its audit's calibration, referral
+threshold and safety flags: the library behind `audit predict` and `audit.predict`.
 
 Images are decoded through the model's input contract and predicted in batches; an unreadable
-file gets a row saying why instead of disappearing.
+file gets a row saying why instead of disappearing. An image is referred to a human
+(`refer_to_human`, the reasons in `refer_reason`) when it is not a usable cell image (blank,
+far smaller than the model input, mostly black padding, no stained nucleus: checked with or
+without an audit), when it is unlike the audit's reference images (the Mahalanobis score its
+safety check fitted), or when its calibrated confidence is below the audit's certified referral
+threshold (every image, if the audit could certify none).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from audit.errors import InputError
 
-__all__ = ["collect_images", "audit_calibration", "predict_rows", "COLUMNS"]
+__all__ = ["collect_images", "audit_calibration", "audit_referral", "Referral", "SafetyRules",
+           "predict_rows", "COLUMNS"]
 
-COLUMNS = ("path", "predicted_class", "probability", "refer_to_human", "status")
+COLUMNS = ("path", "predicted_class", "probability", "refer_to_human", "refer_reason", "status")
 
 
 def collect_images(items: list[str]) -> list[str]:
@@ -39,8 +46,7 @@ def collect_images(items: list[str]) -> list[str]:
     return paths
 
 
-def audit_calibration(audit_path: str | Path, model_sha256: str) -> tuple[float, float | None]:
-    """(temperature, referral threshold) that the audit fitted for this very model."""
+def _read_audit(audit_path: str | Path, model_sha256: str) -> tuple[Path, dict]:
     path = Path(audit_path)
     if path.is_dir():
         path = path / "audit.json"
@@ -51,47 +57,128 @@ def audit_calibration(audit_path: str | Path, model_sha256: str) -> tuple[float,
     if audit.get("model", {}).get("sha256") != model_sha256:
         raise InputError(f"--audit '{audit_path}' was computed for another model (sha256 "
                          f"{str(audit.get('model', {}).get('sha256'))[:12]}...); re-run the audit")
+    return path, audit
+
+
+def audit_calibration(audit_path: str | Path, model_sha256: str) -> tuple[float, float | None]:
+    """(temperature, referral threshold) that the audit fitted for this very model."""
+    referral = audit_referral(audit_path, model_sha256)
+    return referral.temperature, referral.threshold
+
+
+@dataclass(frozen=True)
+class SafetyRules:
+    """Usability thresholds and, from an audit, the OOD model fitted on its reference."""
+
+    thresholds: dict = field(default_factory=dict)
+    ood: object | None = None  # audit.safety.OODModel
+
+    def flags(self, images: np.ndarray, sizes: tuple[np.ndarray, np.ndarray],
+              embeddings: np.ndarray, *, input_size: int) -> np.ndarray:
+        from audit.imaging import image_usability, rms_contrast
+        from audit.safety import OOD_BIT, usability_flags
+
+        props = {"contrast": rms_contrast(images), **image_usability(images),
+                 "source_width": sizes[0], "source_height": sizes[1]}
+        flags = usability_flags(props, input_size=input_size, thresholds=self.thresholds)
+        if self.ood is not None:
+            flags |= self.ood.flags(embeddings).astype(np.int64) * OOD_BIT
+        return flags
+
+
+@dataclass(frozen=True)
+class Referral:
+    """What the audit decided for this model: temperature, certified referral threshold
+    (`none_certified`: the selective check could certify none, so every image is referred) and
+    the safety flags' rules."""
+
+    temperature: float = 1.0
+    threshold: float | None = None
+    none_certified: bool = False
+    safety: SafetyRules = field(default_factory=SafetyRules)
+
+
+def audit_referral(audit_path: str | Path, model_sha256: str) -> Referral:
+    """The audit's temperature, threshold and safety model for this very model."""
+    from audit.safety import OODModel
+
+    path, audit = _read_audit(audit_path, model_sha256)
     checks = audit.get("checks", {})
     temperature = checks.get("calibration", {}).get("metrics", {}).get("temperature") or 1.0
     threshold = checks.get("selective", {}).get("metrics", {}).get("threshold", {})
     calibrated = threshold.get("calibrated", False)
-    return (float(temperature) if calibrated else 1.0), threshold.get("value")
+    safety = SafetyRules()
+    relative = checks.get("safety", {}).get("artifacts", {}).get("model")
+    if relative:
+        model_file = path.parent / relative
+        try:
+            with np.load(model_file, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--audit '{audit_path}': cannot read its safety model "
+                             f"'{model_file}' ({exc})") from exc
+        safety = SafetyRules({k[len("usability_"):]: float(v) for k, v in arrays.items()
+                              if k.startswith("usability_")}, OODModel.from_arrays(arrays))
+    return Referral(temperature=float(temperature) if calibrated else 1.0,
+                    threshold=threshold.get("value"),
+                    none_certified="guarantee" in threshold and threshold.get("value") is None,
+                    safety=safety)
 
 
 def predict_rows(loaded, paths: list[str], *, temperature: float = 1.0,
-                 threshold: float | None = None, batch_size: int = 64) -> Iterator[dict]:
+                 threshold: float | None = None, batch_size: int = 64,
+                 referral: Referral | None = None) -> Iterator[dict]:
     """One row per path: {"path", "predicted_class", "probability", "refer_to_human" (True,
-    False, or None without a threshold), "status" ("ok" or "unreadable: why"), "p_<class>"...}."""
+    False, or None when nothing refers it and there is no audit), "refer_reason" ("; "-joined),
+    "status" ("ok" or "unreadable: why"), "p_<class>"...}. `referral` (from `audit_referral`)
+    overrides `temperature` and `threshold` and adds the audit's safety model."""
     from audit.inference import Predictor, softmax
     from audit.progress import progress
+    from audit.safety import reasons_text
 
+    if referral is None:
+        referral = Referral(temperature=temperature, threshold=threshold)
+    audited = referral.threshold is not None or referral.none_certified or \
+        referral.safety.ood is not None
     class_names = loaded.contract.class_names
     size, resize = loaded.contract.input_size, loaded.contract.resize
     predictor = Predictor(loaded, batch_size=batch_size)
     starts = range(0, len(paths), batch_size)
     for start in progress(starts, desc="predict", total=len(starts), unit="batch"):
         batch_paths = paths[start:start + batch_size]
-        images, problems = _read_batch(batch_paths, size, resize)
-        probs = iter(softmax(predictor.logits(images) / temperature) if len(images) else [])
+        images, problems, sizes = _read_batch(batch_paths, size, resize)
+        if len(images):
+            logits, embeddings = predictor.outputs(images)
+            probs = softmax(logits / referral.temperature)
+            flags = referral.safety.flags(images, sizes, embeddings, input_size=size)
+        rows = iter(range(len(images)))
         for path, problem in zip(batch_paths, problems, strict=True):
             if problem:
                 yield {"path": path, "predicted_class": None, "probability": None,
-                       "refer_to_human": None, "status": f"unreadable: {problem}",
-                       **{f"p_{c}": None for c in class_names}}
+                       "refer_to_human": None, "refer_reason": None,
+                       "status": f"unreadable: {problem}", **{f"p_{c}": None for c in class_names}}
                 continue
-            p = next(probs)
+            i = next(rows)
+            p = probs[i]
             top = int(np.argmax(p))
+            reasons = [reasons_text(flags[i])] if flags[i] else []
+            if referral.none_certified:
+                reasons.append("the audit certified no referral threshold")
+            elif referral.threshold is not None and p[top] < referral.threshold:
+                reasons.append("confidence below the referral threshold")
             yield {"path": path, "predicted_class": class_names[top],
                    "probability": float(p[top]),
-                   "refer_to_human": None if threshold is None else bool(p[top] < threshold),
-                   "status": "ok", **{f"p_{c}": float(v) for c, v in zip(class_names, p,
-                                                                          strict=True)}}
+                   "refer_to_human": True if reasons else (False if audited else None),
+                   "refer_reason": "; ".join(reasons), "status": "ok",
+                   **{f"p_{c}": float(v) for c, v in zip(class_names, p, strict=True)}}
 
 
 def _read_batch(batch_paths: list[str], size: int, resize: str
-                ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode a batch; an unreadable file is reported in its row, not dropped."""
+                ) -> tuple[np.ndarray, list[str | None], tuple[np.ndarray, np.ndarray]]:
+    """Decode a batch; an unreadable file is reported in its row, not dropped. Also the
+    readable files' sizes on disk (from the header)."""
     from audit.data import load_image
+    from audit.imaging import source_sizes
 
     problems: list[str | None] = []
     images = []
@@ -102,4 +189,6 @@ def _read_batch(batch_paths: list[str], size: int, resize: str
         except InputError as exc:
             problems.append(str(exc).split(": ", 1)[-1])
     array = np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)
-    return array, problems
+    sizes = source_sizes([p for p, problem in zip(batch_paths, problems, strict=True)
+                          if problem is None])
+    return array, problems, sizes

@@ -186,12 +186,14 @@ def run_audit(
 
 
 def _save_predictions(ctx: AuditContext, view: DatasetView) -> str:
-    """Per-image labels, logits and relative paths: what the gate pairs images by."""
+    """Per-image labels, logits and relative paths (what the gate pairs images by), and the
+    groups when the dataset has them (what the gate resamples)."""
     import numpy as np
 
+    groups = {} if view.groups is None else {"groups": np.asarray(view.groups, dtype=str)}
     return ctx.save_artifact(
         f"predictions_{view.name}", labels=view.labels, logits=view.logits,
-        paths=np.array(view.dataset.relative_paths),
+        paths=np.array(view.dataset.relative_paths), **groups,
     )
 
 

@@ -36,6 +36,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("robustness", "Robustness to image corruptions"),
     ("explanations", "Explanations"),
     ("selective", "Selective prediction and referral"),
+    ("safety", "Per-image safety flags"),
+    ("label-issues", "Likely label errors"),
     ("recommendations", "Recommendations, limitations and reporting checklist"),
     ("reproducibility", "Reproducibility"),
 )
@@ -51,6 +53,7 @@ STATUS_WORDS = {
     "SKIP": "cannot be judged: no check applied to these inputs",
 }
 _SCORED = ("PASS", "WARN", "FAIL")
+MIN_RELIABLE_N = 20  # as audit.stats: rates on fewer images are marked as rough
 EXAMPLES_PER_CLASS = 4
 THUMBNAIL_PIXELS = 64
 
@@ -77,12 +80,20 @@ def num(value: Any, digits: int = 3) -> str:
 
 
 def ci_text(ci: Any, digits: int = 1) -> str:
-    """{value, low, high} -> '92.1% (95% CI 89.0-94.6)'; percentages."""
+    """{value, low, high[, n]} -> '92.1% (95% CI 89.0 to 94.6, n=120)'; percentages. A rate
+    carries its number of images; under 20 the text says it is a rough estimate."""
     if not isinstance(ci, Mapping) or not _finite(ci.get("value")):
-        return "n/a"
+        return "n/a" if not isinstance(ci, Mapping) or ci.get("n") is None else \
+            f"n/a (n={ci['n']})"
     text = pct(ci["value"], digits)
+    n = ci.get("n")
+    count = f", n={n}" if isinstance(n, int) else ""
     if _finite(ci.get("low")) and _finite(ci.get("high")):
-        text += f" (95% CI {100 * ci['low']:.{digits}f} to {100 * ci['high']:.{digits}f})"
+        text += f" (95% CI {100 * ci['low']:.{digits}f} to {100 * ci['high']:.{digits}f}{count})"
+    elif count:
+        text += f" ({count[2:]})"
+    if isinstance(n, int) and n < MIN_RELIABLE_N:
+        text += " (few images: rough)"
     return text
 
 
@@ -512,7 +523,7 @@ def errors_section(audit: Mapping, assets=None) -> dict:
                             "path": e.get("path", "")})
         slices = [s for s in d.get("slices") or [] if s.get("weak")]
         slices.sort(key=lambda s: -(s.get("impact") or 0))
-        per_class = [{"class": c, **_pick(v, "n", "errors", "error_rate")}
+        per_class = [{"class": c, **_pick(v, "n", "errors", "error_rate", "error_rate_ci")}
                      for c, v in (d.get("per_class") or {}).items()]
         sets.append({
             "name": name, "role": d.get("role", ""), "n": d.get("n"),
@@ -521,7 +532,7 @@ def errors_section(audit: Mapping, assets=None) -> dict:
                       for p in d.get("confused_pairs") or []], "gallery": gallery,
             "n_errors_listed": len(d.get("confident_errors") or []),
             "gallery_missing": missing, "has_cam": any(t["cam"] for t in gallery),
-            "weak_slices": [{**_pick(s, "label", "n", "error_rate", "q_value"),
+            "weak_slices": [{**_pick(s, "label", "n", "error_rate", "error_rate_ci", "q_value"),
                              "property": _words(s.get("property", "")),
                              "range": _range_text(s)} for s in slices],
             "n_slices": len(d.get("slices") or [])})
@@ -621,6 +632,10 @@ def _attribution(audit: Mapping, name: str, assets) -> dict | None:
     combined = d.get("combined") or {}
     return {"figure": figures.attribution_shares(name, directions),
             "explained": _get(combined, "explained", "value", default=None), "gap": d.get("gap"),
+            "sum_alone": combined.get("sum_alone_share"),
+            "interaction": combined.get("interaction_share"),
+            "beyond_gap": combined.get("beyond_gap"),
+            "unexplained": _get(combined, "unexplained", "value", default=None),
             "examples": examples}
 
 
@@ -693,13 +708,19 @@ def calibration_section(audit: Mapping, assets=None) -> dict:
     temperature = m.get("temperature")
     sets = []
     for name, d in (m.get("datasets") or {}).items():
+        by_fold = d.get("before_by_fold")
         rows = [{"label": label, "key": key, "before": _get(d, "before", key),
-                 "after": _get(d, "after", key)} for key, label in _CALIBRATION_ROWS]
+                 "before_by_fold": _get(by_fold, key), "after": _get(d, "after", key),
+                 "after_in_sample": _get(d, "after_in_sample", key)}
+                for key, label in _CALIBRATION_ROWS]
         stages = {s: d.get(s) for s in ("before", "after") if d.get(s)}
         sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"), "rows": rows,
+                     "basis": d.get("after_basis", ""), "by_fold": by_fold is not None,
+                     "folds": _get(by_fold, "folds"),
                      "figure": figures.reliability_diagram(name, stages, temperature)})
     return {"available": True, "reason": "", **_check_header(result),
             "temperature": temperature, "reference": m.get("reference"),
+            "folds": _get(m, "crossfit", "folds"),
             "n_bins": m.get("n_bins"), "sets": sets,
             "findings": _findings_of(audit, "calibration")}
 
@@ -843,11 +864,18 @@ def selective_section(audit: Mapping, assets=None) -> dict:
         curves[name] = d.get("risk_coverage")
         sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
                      "accuracy": d.get("accuracy"), "accepted_accuracy": d.get("accepted_accuracy"),
+                     "accepted_ci": d.get("accepted_accuracy_ci"), "n_accepted": d.get("n_accepted"),
                      "coverage": d.get("coverage"), "referred": d.get("referred"),
+                     "basis": {"out_of_fold": "out-of-fold", "in_sample": "in-sample",
+                               "measured_under_shift": "measured (no guarantee under shift)"}
+                     .get(d.get("basis"), d.get("basis") or ""),
+                     "in_sample": _pick(d.get("in_sample"), "accepted_accuracy", "coverage"),
                      "aurc": d.get("aurc"), "ood_msp": _get(d, "ood_auroc", "msp"),
                      "ood_energy": _get(d, "ood_auroc", "energy")})
     return {"available": True, "reason": "", **_check_header(result),
             "threshold": threshold.get("value"), "target": threshold.get("target_accuracy"),
+            "delta": threshold.get("delta"), "naive": threshold.get("naive_value"),
+            "guarantee": threshold.get("guarantee"), "folds": _get(m, "crossfit", "folds"),
             "calibrated": threshold.get("calibrated"), "temperature": m.get("temperature"),
             "reference": m.get("reference"), "sets": sets,
             "figure": figures.coverage_curves(curves, threshold.get("value"),
@@ -855,7 +883,61 @@ def selective_section(audit: Mapping, assets=None) -> dict:
             "findings": _findings_of(audit, "selective")}
 
 
-# ---------------------------------------------------------------- 12. recommendations
+# ---------------------------------------------------------------- 12. safety flags
+
+def safety_section(audit: Mapping, assets=None) -> dict:
+    result, reason = check_state(audit, "safety")
+    if reason:
+        return _unavailable(reason, **_check_header(result))
+    m = result["metrics"]
+    reasons = list(m.get("reasons") or [])
+    sets = []
+    for name, d in (m.get("datasets") or {}).items():
+        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
+                     "n_flagged": d.get("n_flagged"), "flagged": d.get("flagged"),
+                     "by_reason": [(r, _get(d, "by_reason", r)) for r in reasons],
+                     "accuracy_flagged": d.get("accuracy_flagged"),
+                     "accuracy_unflagged": d.get("accuracy_unflagged"),
+                     "basis": d.get("ood_basis", "")})
+    return {"available": True, "reason": "", **_check_header(result),
+            "reference": m.get("reference"), "false_alarm_rate": m.get("false_alarm_rate"),
+            "observed_false_alarm": _get(m, "ood", "observed_false_alarm"),
+            "folds": _get(m, "ood", "folds"), "usability": sorted((m.get("usability") or {})
+                                                                  .items()),
+            "reasons": reasons, "sets": sets, "findings": _findings_of(audit, "safety")}
+
+
+# ---------------------------------------------------------------- 13. label issues
+
+def label_issues_section(audit: Mapping, assets=None) -> dict:
+    result, reason = check_state(audit, "label_issues")
+    if reason:
+        return _unavailable(reason, **_check_header(result))
+    m = result["metrics"]
+    sets = []
+    for name, d in (m.get("datasets") or {}).items():
+        gallery, missing = [], 0
+        for e in d.get("issues") or []:
+            tile = (assets.error_tile(name, e.get("path", ""), size=THUMBNAIL_PIXELS * 2)
+                    if assets is not None else None)
+            if tile is None:
+                missing += 1
+                continue
+            gallery.append({"image": tile["image"], **_pick(e, "path", "given", "suggested",
+                                                            "probability_given",
+                                                            "probability_suggested")})
+        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
+                     "n_issues": d.get("n_issues"), "share": d.get("share"),
+                     "accuracy": d.get("accuracy"), "accuracy_without": d.get("accuracy_without"),
+                     "interpretation": d.get("interpretation", ""), "gallery": gallery,
+                     "gallery_missing": missing,
+                     "n_listed": len(d.get("issues") or [])})
+    return {"available": True, "reason": "", **_check_header(result),
+            "reference": m.get("reference"), "method": m.get("method", ""), "sets": sets,
+            "findings": _findings_of(audit, "label_issues")}
+
+
+# ---------------------------------------------------------------- 14. recommendations
 
 def recommendations(findings: Sequence[Mapping]) -> list[dict]:
     """The findings' actions, deduplicated, in rank order, with what prompted each."""
@@ -912,8 +994,16 @@ def limitations(audit: Mapping) -> list[str]:
     if not _get(audit, "model", "metadata", "intended_use"):
         out.append("The model file does not state its intended clinical use, population or "
                    "users; whether the evaluated sets represent them needs human judgement.")
-    out.append("Labels are taken as given: the audit cannot detect systematic labelling errors "
-               "shared by training and test data.")
+    if _get(audit, "checks", "label_issues", "status") in ("PASS", "WARN", "FAIL"):
+        out.append("Likely label errors are found only where the model confidently disagrees "
+                   "with a label: systematic labelling conventions shared by training and test "
+                   "data stay invisible.")
+    else:
+        out.append("Labels are taken as given: the audit cannot detect systematic labelling "
+                   "errors shared by training and test data.")
+    out.append("The referral threshold's guarantee holds on data like the reference; under "
+               "shift only measured figures apply, and the safety flags catch only what makes "
+               "an image look unlike the reference.")
     return out
 
 
@@ -963,7 +1053,7 @@ CHECKLIST: tuple[tuple[str, str, str, str | None], ...] = (
     ("TRIPOD+AI", "23", "Model performance: calibration of predicted probabilities",
      "calibration"),
     ("TRIPOD+AI", "26", "Limitations", "recommendations"),
-    ("TRIPOD+AI", "27", "Usability: poor-quality input, user interaction", "selective"),
+    ("TRIPOD+AI", "27", "Usability: poor-quality input, user interaction", "safety"),
 )
 
 
@@ -990,7 +1080,7 @@ def recommendations_section(audit: Mapping, assets=None, *, available=None) -> d
             "checklist": reporting_checklist(available or {})}
 
 
-# ---------------------------------------------------------------- 13. reproducibility
+# ---------------------------------------------------------------- 15. reproducibility
 
 def toml_text(data: Mapping, prefix: str = "") -> str:
     """A readable TOML rendering of the config: scalars first, then one [table] per section."""
@@ -1063,7 +1153,8 @@ BUILDERS: dict[str, Callable[..., dict]] = {
     "performance": performance_section, "errors": errors_section, "leakage": leakage_section,
     "shift": shift_section, "calibration": calibration_section,
     "robustness": robustness_section, "explanations": explanations_section,
-    "selective": selective_section, "recommendations": recommendations_section,
+    "selective": selective_section, "safety": safety_section,
+    "label-issues": label_issues_section, "recommendations": recommendations_section,
     "reproducibility": reproducibility_section,
 }
 

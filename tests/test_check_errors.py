@@ -118,7 +118,10 @@ def test_confident_errors_sorted_with_relative_paths():
 
 def test_per_class_errors_absent_class():
     out = per_class_errors(np.array([0, 0, 1]), np.array([True, False, True]), ABC)
+    ci = out["a"].pop("error_rate_ci")
     assert out["a"] == {"n": 2, "errors": 1, "error_rate": 0.5}
+    assert ci["value"] == 0.5 and ci["n"] == 2 and ci["low"] < 0.05 and ci["high"] > 0.95
+    assert out["c"].pop("error_rate_ci")["n"] == 0
     assert out["c"] == {"n": 0, "errors": 0, "error_rate": None}
 
 

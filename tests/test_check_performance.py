@@ -72,8 +72,9 @@ def test_absent_class_gives_none_not_zero(tmp_path):
     _, data = _run([view], tmp_path)
     ds = data["metrics"]["datasets"]["heldout"]
     c = ds["per_class"]["c"]
-    assert c["support"] == 0 and c["precision"] is None and c["f1"] is None and c["auc"] is None
-    assert c["recall"] == {"value": None, "low": None, "high": None}
+    assert c["support"] == 0 and c["precision"]["value"] is None and c["f1"] is None \
+        and c["auc"] is None and c["precision"]["n"] == 0
+    assert c["recall"] == {"value": None, "low": None, "high": None, "n": 0}
     assert ds["confusion"]["counts"][2] == [0, 0, 0]
     assert ds["confusion"]["normalized"][2] == [None, None, None]
     assert ds["confusion"]["normalized"][0] == pytest.approx([2 / 3, 1 / 3, 0])
@@ -178,8 +179,25 @@ def test_deterministic_and_seeded(tmp_path):
     _, again = _run(views, tmp_path, "checks.performance.n_boot=100")
     _, other = _run(views, tmp_path, "checks.performance.n_boot=100", seed=1)
     assert first == again
-    assert first["metrics"]["datasets"]["heldout"]["accuracy"] != \
+    # Bootstrap intervals follow the seed; exact proportion intervals do not depend on one.
+    assert first["metrics"]["datasets"]["heldout"]["balanced_accuracy"] != \
+        other["metrics"]["datasets"]["heldout"]["balanced_accuracy"]
+    assert first["metrics"]["datasets"]["heldout"]["accuracy"] == \
         other["metrics"]["datasets"]["heldout"]["accuracy"]
+
+
+def test_recall_of_zero_of_three_has_an_honest_interval_and_says_few_images(tmp_path):
+    """0 of 3 was printed "0.0% (95% CI 0.0-0.0)" by the percentile bootstrap."""
+    labels = np.r_[np.zeros(3, int), np.ones(97, int)]
+    preds = np.ones(100, int)                            # every class-a image called b
+    _, data = _run([_view("heldout", "heldout", labels, preds, classes=("a", "b"))], tmp_path)
+    recall = data["metrics"]["datasets"]["heldout"]["per_class"]["a"]["recall"]
+    assert recall["value"] == 0 and recall["low"] == 0 and recall["high"] > 0.5
+    assert recall["n"] == 3
+    b = data["metrics"]["datasets"]["heldout"]["per_class"]["b"]["recall"]
+    assert b["value"] == 1 and b["high"] == 1 and b["low"] < 0.97   # 100% is not certain either
+    text = next(f["text"] for f in data["findings"] if f["kind"] == "class_recall")
+    assert "(n=3)" in text and "only 3 images: a rough estimate" in text
 
 
 def test_default_bootstrap_on_five_thousand_images(tmp_path):

@@ -15,6 +15,7 @@ from audit.checks.selective import (
     aurc,
     energy_score,
     fit_threshold,
+    guaranteed_threshold,
     risk_coverage_curve,
     shift_auroc,
 )
@@ -92,13 +93,20 @@ def test_threshold_does_not_protect_shifted_set(tmp_path):
     ref, shifted = _sets()
     result, data = _run([ref, shifted], tmp_path)
     m = data["metrics"]
-    assert set(m["threshold"]) == {"value", "target_accuracy", "calibrated"}
+    assert {"value", "target_accuracy", "calibrated", "delta", "guarantee"} <= set(m["threshold"])
     assert m["threshold"]["calibrated"] is False and m["threshold"]["target_accuracy"] == 0.95
     t = m["threshold"]["value"]
     ref_conf = ref.probs.max(axis=1)
-    assert t == fit_threshold(ref_conf, ref.correct, target_accuracy=0.95)
+    assert t == guaranteed_threshold(ref_conf, ref.correct, target_accuracy=0.95,
+                                     delta=0.1)["value"]
+    # The certified threshold is never more lenient than the in-sample winner's-curse one.
+    assert t >= m["threshold"]["naive_value"] == fit_threshold(ref_conf, ref.correct,
+                                                               target_accuracy=0.95)
     r = m["datasets"]["heldout"]
-    assert r["accepted_accuracy"] >= 0.95 and r["coverage"] >= 0.8
+    assert r["basis"] == "out_of_fold" and m["crossfit"]["folds"] == 5
+    assert r["accepted_accuracy"] >= 0.95 and r["coverage"] >= 0.75
+    assert r["accepted_accuracy_ci"]["n"] == r["n_accepted"] > 0
+    assert r["in_sample"]["coverage"] == pytest.approx(np.mean(ref_conf >= t))
     s = m["datasets"]["site_b"]
     expected_acc, expected_cov = accepted_accuracy(shifted.probs.max(axis=1), shifted.correct, t)
     assert s["accepted_accuracy"] == pytest.approx(expected_acc) and expected_acc < 0.85
@@ -108,6 +116,7 @@ def test_threshold_does_not_protect_shifted_set(tmp_path):
     assert "ood_auroc" not in r
     finding = next(f for f in data["findings"] if f["dataset"] == "site_b")
     assert f"keeps accuracy {100 * expected_acc:.1f}%" in finding["text"]
+    assert "not under shift" in finding["text"] and s["basis"] == "measured_under_shift"
     assert f"refers {100 * (1 - expected_cov):.1f}% to a human" in finding["text"]
     assert f"confidence >= {t:.3f}" in finding["text"]
     assert finding["impact"] == pytest.approx(0.95 - expected_acc)
@@ -137,16 +146,25 @@ def test_single_dataset_and_unreachable_target(tmp_path):
 
 
 def test_low_coverage_warns_and_easy_set_passes(tmp_path):
-    labels = np.arange(10) % 2
-    margins = np.linspace(5, 0.1, 10)
-    right = np.array([1, 1, 1, 1, 0, 1, 0, 0, 1, 0], bool)   # only the top 4 are all right
+    labels = np.arange(1000) % 2
+    margins = np.linspace(5, 0.1, 1000)
+    right = np.r_[np.ones(400, bool), np.arange(600) % 2 == 0]   # only the top 40% all right
     result, data = _run([make_view("heldout", "heldout", labels, _logits(labels, margins, right))],
                         tmp_path)
-    assert data["metrics"]["datasets"]["heldout"]["coverage"] == pytest.approx(0.4)
+    assert 0.3 < data["metrics"]["datasets"]["heldout"]["coverage"] < 0.5
     assert result.status == Status.WARN
     result, _ = _run([make_view("heldout", "heldout", labels, _logits(labels, margins, True))],
                      tmp_path)
     assert result.status == Status.PASS
+
+
+def test_too_few_images_cannot_be_certified(tmp_path):
+    """Ten right answers are no evidence of 95% accuracy at 90% confidence: refer everything."""
+    labels = np.arange(10) % 2
+    view = make_view("heldout", "heldout", labels, _logits(labels, np.linspace(5, 1, 10), True))
+    result, data = _run([view], tmp_path)
+    assert data["metrics"]["threshold"]["value"] is None and result.status == Status.WARN
+    assert "only 10 images" in data["findings"][0]["text"]
 
 
 def test_deterministic(tmp_path):

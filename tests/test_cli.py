@@ -27,7 +27,7 @@ def test_run_writes_strict_json_with_every_check(audit_out):
     assert data["schema_version"] == "1.0"
     assert set(data["datasets"]) == {"train", "heldout", "site_b"}
     for name in ("performance", "calibration", "errors", "leakage", "shift", "robustness",
-                 "selective"):
+                 "selective", "safety", "label_issues"):
         assert data["checks"][name]["status"] in ("PASS", "WARN", "FAIL", "SKIP"), name
     for info in data["datasets"].values():
         assert (audit_out / info["predictions"]).is_file()
@@ -122,3 +122,32 @@ def test_predict_rejects_an_audit_of_another_model(audit_out, tiny_model, synthe
     assert main(["predict", str(synthetic_sites["heldout"]), "--model", str(tiny_model), "--audit", str(other),
                  "--out", str(tmp_path / "p.csv")]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_predict_refers_blank_and_tiny_images_with_the_reason(audit_out, tiny_model,
+                                                              synthetic_sites, tmp_path):
+    """An all-black square and a 3 x 3 image were answered with a confident class and no flag."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "black.png")
+    Image.fromarray(np.full((3, 3, 3), 200, np.uint8)).save(folder / "tiny.png")
+    cells = sorted((synthetic_sites["heldout"] / "neutrophil").glob("*.png"))[:3]
+    out = tmp_path / "pred.csv"
+    for with_audit in (True, False):
+        extra = ["--audit", str(audit_out / "audit.json")] if with_audit else []
+        assert main(["predict", str(folder), *map(str, cells), "--model", str(tiny_model),
+                     "--out", str(out), *extra]) == 0
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(out.open())}
+        assert rows["black.png"]["refer_to_human"] == "yes"
+        assert "blank or near-constant image" in rows["black.png"]["refer_reason"]
+        assert rows["tiny.png"]["refer_to_human"] == "yes"
+        assert "far smaller than the model input" in rows["tiny.png"]["refer_reason"]
+        for cell in cells:
+            row = rows[cell.name]
+            reasons = row["refer_reason"]
+            assert "blank" not in reasons and "far smaller" not in reasons
+            assert (row["refer_to_human"] == "yes") == bool(reasons) if with_audit else \
+                row["refer_to_human"] == ""

@@ -37,9 +37,10 @@ def with_errors(labels: np.ndarray, n_wrong: int, *, n_classes: int = 3, start: 
     return preds
 
 
-def dataset_entry(role, labels, preds, *, classes=CLASSES, fingerprint=None, ece=0.05):
+def dataset_entry(role, labels, preds, *, classes=CLASSES, fingerprint=None, ece=0.05,
+                  groups=None):
     return {"role": role, "labels": np.asarray(labels), "preds": np.asarray(preds),
-            "classes": classes, "fingerprint": fingerprint, "ece": ece}
+            "classes": classes, "fingerprint": fingerprint, "ece": ece, "groups": groups}
 
 
 def write_audit(folder: Path, sets: dict, *, classes=CLASSES, status="PASS", model="m1",
@@ -55,8 +56,9 @@ def write_audit(folder: Path, sets: dict, *, classes=CLASSES, status="PASS", mod
         logits = np.full((len(labels), len(classes)), -2.0)
         logits[np.arange(len(labels)), preds] = 2.0
         (folder / "artifacts").mkdir(exist_ok=True)
+        extra = {} if s.get("groups") is None else {"groups": np.asarray(s["groups"], str)}
         np.savez_compressed(folder / "artifacts" / f"predictions_{name}.npz",
-                            labels=labels, logits=logits, paths=rel)
+                            labels=labels, logits=logits, paths=rel, **extra)
         counts = np.bincount(labels, minlength=len(classes))
         datasets[name] = {"role": s["role"], "n_images": int(len(labels)),
                           "fingerprint": s["fingerprint"] or f"fp-{name}",
@@ -432,6 +434,26 @@ def test_paired_interval_of_two_extra_errors_is_exact(tmp_path):
         ("abs-drop", "heldout", "accuracy")]
     low, high = result.drop_interval
     assert low >= 0.0 and high <= 0.06
+
+
+def test_groups_in_the_predictions_are_resampled_whole(tmp_path):
+    """Ten copies of each cell: resampling images would make the interval sqrt(10) too narrow."""
+    n = 200
+    y = labels_for(n)
+    base_preds = with_errors(y, 20)
+    cur_preds = base_preds.copy()
+    flip = np.arange(100, 130)                        # 30 newly wrong images, 3 whole groups
+    cur_preds[flip] = (y[flip] + 1) % 3
+    widths = {}
+    for name, groups in (("images", None), ("groups", np.arange(n) // 10)):
+        base, cur = pair(tmp_path / name, {"heldout": dataset_entry("heldout", y, base_preds,
+                                                                    groups=groups)},
+                         {"heldout": dataset_entry("heldout", y, cur_preds, groups=groups)})
+        result = by_name(run_gate(base, cur, policy=policy(significance=SIGNIFICANT)))[
+            ("abs-drop", "heldout", "accuracy")]
+        widths[name] = result.drop_interval[1] - result.drop_interval[0]
+        assert ("resampling 20 groups" in result.message) == (groups is not None)
+    assert widths["groups"] > 2 * widths["images"]
 
 
 def test_pairing_matches_images_by_path_not_order(tmp_path):

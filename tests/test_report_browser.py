@@ -1,5 +1,5 @@
 """The report of a real audit (synthetic data, tiny model, all through the CLI) opened in headless
-Chromium: no failed or outside request, no console error, every image decoded, all 13 section
+Chromium: no failed or outside request, no console error, every image decoded, all 15 section
 headings, a screenshot (also saved to docs/img/ with CELLAUDIT_SAVE_SCREENSHOT=1)."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_report_prints_to_a4(report, browser, tmp_path):
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF")
     pages = len(re.findall(rb"/Type\s*/Page(?![s\w])", data))
-    assert pages >= 13  # a page break before each section
+    assert pages >= 15  # a page break before each section
     page.close()
 
 

@@ -10,8 +10,12 @@ once per batch and the combinations walked depth first, so a prefix's transform 
 once and only one batch per level is in memory. Priors are not an image transform: a subset
 with priors reweights per-class accuracy to the other set's class proportions, from the same
 predictions. Each factor's Shapley value of that game (in accuracy points) over the gap gives
-its share; `unexplained` = 1 - v(all factors) / gap. Per-image correctness of every subset is
-kept, so bootstrap intervals (resampling images, group-aware) need no new forward passes.
+its share; `explained` = v(all factors) / gap. Shares can overlap: measured one at a time the
+factors may add up to more than all of them together (`sum_alone_share` above `explained`; the
+difference is `interaction_share`, negative for overlap), and together they may account for
+more than the whole drop (`beyond_gap`). `unexplained` = max(0, 1 - explained) is never
+negative. Per-image correctness of every subset is kept, so bootstrap intervals (resampling
+images, group-aware) need no new forward passes.
 """
 
 from __future__ import annotations
@@ -367,8 +371,10 @@ class AttributionCheck(Check):
         # unexplained part add up to 1 (a direction a factor has no transform in does not dilute
         # it, as averaging v(all) over directions would).
         v_all, v_all_boot = float(phi.sum()), phi_boot.sum(axis=1)
+        alone = np.sum(weights * np.array([[point[d][1 << i] for i in range(len(names))]
+                                           for d in directions]), axis=0)
         combined = self._share_block(names, phi, phi_boot, v_all, v_all_boot, gap, share_boot,
-                                     defined)
+                                     defined, alone=alone)
         shares = {n: combined["factors"][n]["share"]["value"] if defined else None for n in names}
         ranked = sorted((n for n in names if shares[n] is not None), key=lambda n: -shares[n])
         combined["top"] = ranked[0] if ranked else None
@@ -382,8 +388,9 @@ class AttributionCheck(Check):
 
     def _direction_metrics(self, names, v, phi, phi_boot, v_all_boot, gap, share_boot, defined
                            ) -> dict:
+        alone = np.array([float(v[1 << i]) for i in range(len(names))])
         block = self._share_block(names, phi, phi_boot, float(v[-1]), v_all_boot, gap,
-                                  share_boot, defined)
+                                  share_boot, defined, alone=alone)
         for i, name in enumerate(names):
             block["factors"][name]["alone"] = float(v[1 << i])
         block["v_all"] = float(v[-1])
@@ -391,18 +398,26 @@ class AttributionCheck(Check):
         return block
 
     @staticmethod
-    def _share_block(names, phi, phi_boot, v_all, v_all_boot, gap, share_boot, defined) -> dict:
+    def _share_block(names, phi, phi_boot, v_all, v_all_boot, gap, share_boot, defined, *,
+                     alone) -> dict:
         factors = {}
         for i, name in enumerate(names):
             factors[name] = {"points": _interval(float(phi[i]), phi_boot[:, i]),
                              "share": _interval(float(phi[i] / gap), phi_boot[:, i] * share_boot)
                              if defined else None}
         explained = (_interval(v_all / gap, v_all_boot * share_boot) if defined else None)
+        # Never a negative remainder: what the factors explain beyond the drop is reported as
+        # such (their effects overlap or overshoot), and the unexplained part is then zero.
         unexplained = None if explained is None else {
-            "value": 1.0 - explained["value"], "low": 1.0 - explained["high"],
-            "high": 1.0 - explained["low"]}
+            k: max(0.0, 1.0 - explained[j]) if np.isfinite(explained[j]) else float("nan")
+            for k, j in (("value", "value"), ("low", "high"), ("high", "low"))}
+        sum_alone = float(np.sum(alone))
         return {"factors": factors, "explained": explained, "unexplained": unexplained,
-                "explained_points": v_all}
+                "beyond_gap": None if explained is None else max(0.0, explained["value"] - 1.0),
+                "explained_points": v_all, "sum_alone_points": sum_alone,
+                "interaction_points": v_all - sum_alone,
+                "sum_alone_share": sum_alone / gap if defined else None,
+                "interaction_share": (v_all - sum_alone) / gap if defined else None}
 
     def _findings(self, cfg, ref_name, name, m, directions) -> list[Finding]:
         if not m["gap_defined"]:
@@ -438,7 +453,9 @@ class AttributionCheck(Check):
                 "slide preparation)", dataset=name,
                 gap_share=float(np.clip(unexplained["value"], 0.0, 1.0)),
                 impact=float(max(gap * unexplained["value"], 0.0)), kind="attribution_unexplained",
-                evidence={"unexplained": unexplained, "gap": m["gap"]}))
+                evidence={"unexplained": unexplained, "gap": m["gap"],
+                          "factors": list(m["combined"]["factors"]),
+                          "min_share": float(cfg["min_share"])}))
         return out
 
     @staticmethod
@@ -470,12 +487,27 @@ class AttributionCheck(Check):
         top = m["combined"]["top"]
         share = m["combined"]["factors"][top]["share"]
         text = (f"{worst}: the difference in {_SUBJECTS[top]} explains {_pct(share)} of the "
-                f"{100 * gap:.1f}-point drop; "
-                f"{_pct(m['combined']['unexplained'], ci=False)} is unexplained.")
+                f"{100 * gap:.1f}-point drop; {overlap_phrase(m['combined'])}.")
         if unexplained:
             text += (f" Most of the gap on {', '.join(unexplained)} is not explained by the "
                      "measured factors.")
         return status, text
+
+
+def overlap_phrase(block: dict) -> str:
+    """How the factors' shares add up, in words: together, one at a time, and what is left."""
+    explained, alone = block["explained"]["value"], block["sum_alone_share"]
+    together = f"all factors changed together explain {explained:.0%}"
+    if alone is not None and alone - explained > 0.05:
+        together += (f", less than the {alone:.0%} their separate effects sum to: the factors "
+                     f"overlap (interaction {block['interaction_share']:+.0%})")
+    elif alone is not None and explained - alone > 0.05:
+        together += (f", more than the {alone:.0%} their separate effects sum to: they "
+                     f"reinforce each other (interaction {block['interaction_share']:+.0%})")
+    if block["beyond_gap"]:
+        return (together + "; that is more than the whole drop, so their shares overlap or "
+                "overshoot and no part is left unexplained")
+    return together + f"; {block['unexplained']['value']:.0%} is unexplained"
 
 
 def _pct(block: dict, *, ci: bool = True) -> str:

@@ -197,4 +197,4 @@ def load_plugin_checks() -> None:
 
 # Order matters: later checks may read earlier results (findings are ranked at the end).
 CHECK_MODULES = ("performance", "calibration", "errors", "leakage", "shift", "robustness",
-                 "selective", "attribution")
+                 "selective", "safety", "label_issues", "attribution")

@@ -2,8 +2,16 @@
 temperature scaling fitted on the reference set?
 
 ECE, adaptive ECE, MCE, reliability bins (top label), Brier score, NLL and class-wise ECE per
-evaluated set. The temperature is fitted on the reference logits only, then applied everywhere,
-so a shifted set's calibration after scaling shows what a reference-only fix leaves behind.
+evaluated set. On the reference, "after" is out-of-fold: the reference is cut into k folds
+(seeded, stratified, whole groups together), each fold is scaled by a temperature fitted on
+the other folds, and every figure is computed within each fold and averaged over the folds.
+Pooling the folds before binning would not be out-of-sample: a fold's images share confidence
+bins with the images its temperature was fitted on, and their errors cancel in the bins. The
+same fold-wise figures at T = 1 are in `before_by_fold`, so the change is measured like with
+like (binned figures on fewer images read higher). The temperature that ships (to `audit
+predict` and to shifted sets) is refitted on the whole reference; its in-sample figures are
+kept under `after_in_sample`, labelled as such. A shifted set's calibration after scaling shows
+what a reference-only fix leaves behind.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ from audit.checks.base import AuditContext, Check, register
 from audit.inference import softmax
 from audit.options import count, fraction
 from audit.results import CheckResult, Finding, Status
+from audit.stats import crossfit_folds, few_images_note
 
 __all__ = ["reliability_bins", "expected_calibration_error", "maximum_calibration_error",
            "classwise_ece", "brier_score", "negative_log_likelihood", "fit_temperature",
-           "calibration_metrics", "CalibrationCheck"]
+           "calibration_metrics", "crossfit_temperature", "fold_averaged_metrics",
+           "reference_folds", "CalibrationCheck"]
 
 _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
@@ -94,9 +104,63 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def crossfit_temperature(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray | None
+                         ) -> tuple[np.ndarray, list[float]]:
+    """(temperature per image, one per fold): image i gets the temperature fitted on the folds
+    it is not in. Without folds (too few images), every image gets the in-sample fit."""
+    if folds is None:
+        t = fit_temperature(logits, labels)
+        return np.full(len(labels), t), [t]
+    per_image, temps = np.empty(len(labels)), []
+    for j in range(int(folds.max()) + 1):
+        held = folds == j
+        t = fit_temperature(logits[~held], labels[~held])
+        per_image[held] = t
+        temps.append(t)
+    return per_image, temps
+
+
+_SCALARS = ("ece", "adaptive_ece", "mce", "brier", "nll", "mean_confidence", "accuracy",
+            "overconfidence")
+
+
+def fold_averaged_metrics(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray,
+                          temperature: np.ndarray, class_names: tuple[str, ...], *,
+                          n_bins: int) -> dict:
+    """`calibration_metrics` within each fold, averaged over folds weighted by their size;
+    the reliability diagram pools the folds (for display)."""
+    parts, weights = [], []
+    for j in range(int(folds.max()) + 1):
+        held = folds == j
+        parts.append(calibration_metrics(logits[held], labels[held], class_names, n_bins=n_bins,
+                                         temperature=temperature[held]))
+        weights.append(held.mean())
+    weights = np.asarray(weights)
+    out = {k: float(np.dot(weights, [p[k] for p in parts])) for k in _SCALARS}
+    per_class = {}
+    for c in class_names:
+        values = [(w, p["per_class_ece"][c]) for w, p in zip(weights, parts, strict=True)
+                  if p["per_class_ece"][c] is not None]
+        per_class[c] = (sum(w * v for w, v in values) / sum(w for w, _ in values)
+                        if values else None)
+    probs = softmax(logits / np.reshape(temperature, (-1, 1)))
+    return {**out, "per_class_ece": per_class,
+            "reliability": reliability_bins(probs, labels, n_bins=n_bins),
+            "folds": int(folds.max()) + 1, "fold_sizes": [int(np.sum(folds == j))
+                                                          for j in range(int(folds.max()) + 1)]}
+
+
+def reference_folds(ctx: AuditContext, k: int) -> np.ndarray | None:
+    """The reference's cross-fitting folds: the same for every check that cross-fits."""
+    ref = ctx.reference
+    seed = int(ctx.rng("crossfit", ref.name).integers(2 ** 31))
+    return crossfit_folds(ref.labels, k=k, seed=seed, groups=ref.groups)
+
+
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], *,
-                        n_bins: int = 15, temperature: float = 1.0) -> dict:
-    """Everything the check reports for one set at one temperature."""
+                        n_bins: int = 15, temperature: float | np.ndarray = 1.0) -> dict:
+    """Everything the check reports for one set at one temperature (or one per image)."""
+    temperature = np.reshape(temperature, (-1, 1)) if np.ndim(temperature) else temperature
     probs = softmax(logits / temperature)
     confidence, accuracy = probs.max(axis=1).mean(), np.mean(probs.argmax(axis=1) == labels)
     return {
@@ -122,22 +186,41 @@ class CalibrationCheck(Check):
         "ece_warn": 0.05,               # uncalibrated reference ECE above this: WARN
         "ece_fail": 0.15,               # ... above this: FAIL
         "overconfidence_warn": 0.1,     # shifted set: mean confidence - accuracy above this: finding
+        "folds": 5,                     # cross-fitting folds on the reference (out-of-fold "after")
     }
     LIMITS = {"n_bins": count(2), "ece_warn": fraction(), "ece_fail": fraction(),
-              "overconfidence_warn": fraction()}
+              "overconfidence_warn": fraction(), "folds": count(2)}
     ORDER = (("ece_warn", "ece_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)
         ref, n_bins = ctx.reference, int(cfg["n_bins"])
         temperature = fit_temperature(ref.logits, ref.labels)
-        datasets = {
-            view.name: {"role": view.role, "n": len(view),
-                        **{stage: calibration_metrics(view.logits, view.labels, ctx.class_names,
-                                                      n_bins=n_bins, temperature=t)
-                           for stage, t in (("before", 1.0), ("after", temperature))}}
-            for view in ctx.evaluated}
+        folds = reference_folds(ctx, int(cfg["folds"]))
+        per_image, fold_temperatures = crossfit_temperature(ref.logits, ref.labels, folds)
+        datasets = {}
+        for view in ctx.evaluated:
+            metrics = {stage: calibration_metrics(view.logits, view.labels, ctx.class_names,
+                                                  n_bins=n_bins, temperature=t)
+                       for stage, t in (("before", 1.0), ("after", temperature))}
+            basis = "fitted on the reference"
+            if view is ref:
+                metrics["after_in_sample"] = metrics["after"]
+                basis = "in_sample"
+                if folds is not None:
+                    metrics["after"] = fold_averaged_metrics(
+                        ref.logits, ref.labels, folds, per_image, ctx.class_names, n_bins=n_bins)
+                    metrics["before_by_fold"] = fold_averaged_metrics(
+                        ref.logits, ref.labels, folds, np.ones(len(ref)), ctx.class_names,
+                        n_bins=n_bins)
+                    basis = "out_of_fold"
+            datasets[view.name] = {"role": view.role, "n": len(view), "after_basis": basis,
+                                   **metrics}
         before, after = datasets[ref.name]["before"], datasets[ref.name]["after"]
+        by_fold = datasets[ref.name].get("before_by_fold", before)
+        oof = (f"out-of-fold, each of {int(folds.max()) + 1} folds of about "
+               f"{len(ref) // (int(folds.max()) + 1)} images scaled by a temperature fitted on "
+               "the others" if folds is not None else "in-sample: too few images to cross-fit")
         status = (Status.FAIL if before["ece"] > cfg["ece_fail"] else
                   Status.WARN if before["ece"] > cfg["ece_warn"] else Status.PASS)
         findings = []
@@ -145,20 +228,27 @@ class CalibrationCheck(Check):
             findings.append(Finding(
                 check=self.name, dataset=ref.name, impact=before["ece"], kind="miscalibration",
                 text=(f"On {ref.name} the model's confidence is off by {_pct(before['ece'])} points "
-                      f"on average (ECE; {_direction(before['overconfidence'])}); temperature "
-                      f"scaling with T={temperature:.2f} brings it to {_pct(after['ece'])} points."),
+                      f"on average (ECE, n={len(ref)}; {_direction(before['overconfidence'])}); "
+                      f"temperature scaling (T={temperature:.2f}) takes it from "
+                      f"{_pct(by_fold['ece'])} to {_pct(after['ece'])} points ({oof})"
+                      f"{few_images_note(len(ref))}."),
                 action=f"apply temperature scaling (T={temperature:.2f}) to the model's outputs",
                 evidence={"ece_before": before["ece"], "ece_after": after["ece"],
                           "temperature": temperature}))
         for view in ctx.shifted:
             findings += _overconfidence(view.name, datasets[view.name], ref.name, temperature,
                                         limit=cfg["overconfidence_warn"], check=self.name)
-        summary = (f"ECE on {ref.name} is {before['ece']:.3f} before and {after['ece']:.3f} after "
-                   f"temperature scaling (T={temperature:.2f}); the status uses the uncalibrated "
-                   "value.")
+        summary = (f"ECE on {ref.name} (n={len(ref)}) is {before['ece']:.3f}; temperature "
+                   f"scaling takes it from {by_fold['ece']:.3f} to {after['ece']:.3f} ({oof}; "
+                   f"T={temperature:.2f}, refitted on the whole reference, is what ships); the "
+                   "status uses the uncalibrated value.")
         return CheckResult(self.name, status, summary, findings=findings, metrics={
             "reference": ref.name, "temperature": temperature, "n_bins": n_bins,
-            "status_basis": "before", "datasets": datasets})
+            "status_basis": "before", "datasets": datasets,
+            "crossfit": {"folds": None if folds is None else int(folds.max()) + 1,
+                         "grouped": ref.groups is not None,
+                         "fold_temperatures": fold_temperatures,
+                         "reference_after": "out_of_fold" if folds is not None else "in_sample"}})
 
 
 def _overconfidence(name: str, metrics: dict, reference: str, temperature: float, *, limit: float,

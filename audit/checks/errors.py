@@ -19,6 +19,7 @@ from audit.checks.base import AuditContext, Check, DatasetView, register
 from audit.imaging import PROPERTIES
 from audit.options import count, fraction
 from audit.results import CheckResult, Finding, Status
+from audit.stats import few_images_note, rate_ci
 
 __all__ = ["PropertyBins", "property_bins", "assign_bins", "slice_table", "confused_pairs",
            "confident_errors", "per_class_errors", "recall_drop", "ErrorsCheck"]
@@ -95,8 +96,10 @@ def _bin_label(k: int, n_bins: int) -> str:
 
 
 def slice_table(bins: list[PropertyBins], properties: dict[str, np.ndarray], correct: np.ndarray,
-                *, alpha: float, margin: float, min_size: int) -> list[dict]:
-    """Error rate of every non-empty slice against the rest of the set, with BH q-values."""
+                *, alpha: float, margin: float, min_size: int,
+                groups: np.ndarray | None = None) -> list[dict]:
+    """Error rate of every non-empty slice against the rest of the set, with BH q-values and an
+    exact interval (group-aware with `groups`)."""
     errors = ~np.asarray(correct, dtype=bool)
     overall = float(errors.mean()) if errors.size else float("nan")
     rows = []
@@ -114,6 +117,8 @@ def slice_table(bins: list[PropertyBins], properties: dict[str, np.ndarray], cor
             rows.append({"property": spec.name, "bin": k, "label": _bin_label(k, spec.n_bins),
                          "low": spec.edge(k), "high": spec.edge(k + 1), "n": n_in,
                          "share": n_in / errors.size, "errors": e_in, "error_rate": e_in / n_in,
+                         "error_rate_ci": rate_ci(errors[inside], groups=None if groups is None
+                                                  else groups[inside]),
                          "p_value": float(p)})
     q = false_discovery_control([r["p_value"] for r in rows]) if rows else []
     for row, q_value in zip(rows, q, strict=True):
@@ -149,14 +154,16 @@ def confident_errors(view: DatasetView, class_names: tuple[str, ...], *, top: in
              "probability_true": float(view.probs[i, view.labels[i]])} for i in picked]
 
 
-def per_class_errors(labels: np.ndarray, correct: np.ndarray, class_names: tuple[str, ...]
-                     ) -> dict[str, dict]:
-    """{class: {n, errors, error_rate}}; error_rate None for a class absent from the set."""
+def per_class_errors(labels: np.ndarray, correct: np.ndarray, class_names: tuple[str, ...], *,
+                     groups: np.ndarray | None = None) -> dict[str, dict]:
+    """{class: {n, errors, error_rate, error_rate_ci}}; error_rate None for an absent class."""
     out = {}
     for c, name in enumerate(class_names):
         member = labels == c
         n, errors = int(member.sum()), int((~correct[member]).sum())
-        out[name] = {"n": n, "errors": errors, "error_rate": errors / n if n else None}
+        out[name] = {"n": n, "errors": errors, "error_rate": errors / n if n else None,
+                     "error_rate_ci": rate_ci(~correct[member], groups=None if groups is None
+                                              else groups[member])}
     return out
 
 
@@ -197,7 +204,9 @@ def _slice_finding(check: str, view: DatasetView, row: dict, overall: float) -> 
     return Finding(
         check=check, dataset=view.name, kind="weak_slice", impact=max(row["impact"], 0.0),
         text=(f"On {view.name}, images with {desc} have {_pct(row['error_rate'])} errors "
-              f"against {_pct(overall)} overall (n={row['n']}, q={row['q_value']:.2g})."),
+              f"(95% CI {_pct(row['error_rate_ci']['low'])}-{_pct(row['error_rate_ci']['high'])}) "
+              f"against {_pct(overall)} overall (n={row['n']}, q={row['q_value']:.2g})"
+              f"{few_images_note(row['n'])}."),
         action=_ACTIONS.get(row["property"], _COLOUR_ACTION), evidence=row)
 
 
@@ -212,7 +221,7 @@ def _recall_finding(check: str, ref: DatasetView, view: DatasetView, drop: dict,
         check=check, dataset=view.name, kind="recall_drop", impact=drop["cost"],
         text=(f"{cls} recall falls from {_pct(drop['reference_recall'])} on {ref.name} to "
               f"{_pct(drop['recall'])} on {view.name} (n={drop['n']}), mostly to {to} "
-              f"({_pct(drop['to_share'])} of {cls} images)."),
+              f"({_pct(drop['to_share'])} of {cls} images){few_images_note(drop['n'])}."),
         action=f"collect more {cls} images from {view.name} for training and review {cls} vs "
                f"{to} examples", evidence={**drop, "class": cls, "to": to,
                                                       "share_of_gap": share_of_gap})
@@ -242,11 +251,13 @@ class ErrorsCheck(Check):
         for view in ctx.evaluated:
             overall = float(1 - view.correct.mean())
             slices = slice_table(bins, view.outputs.properties, view.correct, alpha=cfg["alpha"],
-                                 margin=cfg["margin"], min_size=int(cfg["min_slice_size"]))
+                                 margin=cfg["margin"], min_size=int(cfg["min_slice_size"]),
+                                 groups=view.groups)
             weak = sorted((s for s in slices if s["weak"]), key=lambda s: -s["impact"])
             datasets[view.name] = {
                 "role": view.role, "n": len(view), "error_rate": overall,
-                "per_class": per_class_errors(view.labels, view.correct, names),
+                "per_class": per_class_errors(view.labels, view.correct, names,
+                                              groups=view.groups),
                 "confused_pairs": confused_pairs(view.labels, view.predictions, names,
                                                  top=int(cfg["max_confused_pairs"])),
                 "confident_errors": confident_errors(view, names,

@@ -1,8 +1,11 @@
 """Performance: accuracy, balanced accuracy, macro-F1, per-class metrics, confusion and AUC per set.
 
-Confidence intervals come from one bootstrap per dataset (whole groups resampled when groups
-are known): each resample is reduced to a confusion matrix, and every statistic is read from
-those matrices at once, so 1000 resamples of thousands of images take a fraction of a second.
+Proportions (accuracy, per-class recall and precision) get exact Clopper-Pearson intervals,
+valid at any n and at 0% or 100% where a percentile bootstrap collapses to a point; with groups
+they are taken on the effective number of independent images (Korn-Graubard). Balanced
+accuracy, macro-F1 and the gaps between sets come from one bootstrap per dataset (whole groups
+resampled when groups are known): each resample is reduced to a confusion matrix, and every
+statistic is read from those matrices at once.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from audit.checks.base import AuditContext, Check, DatasetView, register
 from audit.options import count, fraction
 from audit.results import CheckResult, Finding, Status, worst_status
-from audit.stats import bootstrap_indices, interval
+from audit.stats import bootstrap_indices, few_images_note, interval, rate_ci
 
 __all__ = ["confusion_counts", "confusion_statistics", "one_vs_rest_auc", "evaluate_set",
            "PerformanceCheck"]
@@ -81,17 +84,25 @@ def evaluate_set(view: DatasetView, class_names: tuple[str, ...], *, n_boot: int
     auc = one_vs_rest_auc(labels, view.probs)
     with np.errstate(invalid="ignore"):
         normalized = counts / counts.sum(axis=1, keepdims=True)
+    groups, correct = view.groups, labels == preds
+
+    def rate(member: np.ndarray) -> dict:
+        return rate_ci(correct[member], groups=None if groups is None else groups[member])
+
     per_class = {
-        name: {"precision": point["precision"][c], "recall": _ci(point["recall"][c],
-                                                                   boot["recall"][:, c]),
+        name: {"precision": rate(preds == c), "recall": rate(labels == c),
                "f1": point["f1"][c], "support": int(point["support"][c]), "auc": auc[c]}
         for c, name in enumerate(class_names)}
     defined_auc = [a for a in auc if a is not None]
     metrics = {
         "role": view.role, "n": len(labels),
         "resampling": "images" if view.groups is None else "groups",
+        "interval_method": {"proportions": "clopper_pearson" + ("" if view.groups is None else
+                                                                 "_effective_n"),
+                            "other": "percentile_bootstrap"},
         "n_groups": None if view.groups is None else len(np.unique(view.groups)),
-        **{key: _ci(point[key], boot[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")},
+        "accuracy": rate_ci(correct, groups=groups),
+        **{key: _ci(point[key], boot[key]) for key in ("balanced_accuracy", "macro_f1")},
         "macro_auc": float(np.mean(defined_auc)) if defined_auc else None,
         "per_class": per_class,
         "confusion": {"counts": counts, "normalized": normalized},
@@ -137,8 +148,9 @@ class PerformanceCheck(Check):
                 findings.append(Finding(
                     check=self.name, dataset=view.name, impact=drop, kind="accuracy_drop",
                     text=(f"Accuracy on {view.name} is {_pct(acc['value'])}% (95% CI "
-                          f"{_pct(acc['low'])}-{_pct(acc['high'])}) against {_pct(ref_acc)}% on "
-                          f"{ref.name}: a drop of {_pct(drop)} points."),
+                          f"{_pct(acc['low'])}-{_pct(acc['high'])}, n={len(view)}) against "
+                          f"{_pct(ref_acc)}% on {ref.name} (n={len(ref)}): a drop of "
+                          f"{_pct(drop)} points{few_images_note(min(len(view), len(ref)))}."),
                     action=(f"see the shift, robustness and leakage findings for what differs "
                             f"between {ref.name} and {view.name}"),
                     evidence={"accuracy": acc, "reference_accuracy": ref_acc, "drop": gap[view.name]}))
@@ -175,7 +187,7 @@ def _class_findings(view: DatasetView, metrics: dict, class_names: tuple[str, ..
             kind="class_recall",
             text=(f"On {view.name}, only {_pct(recall['value'])}% of {name} images (n={support}) "
                   f"are recognised (95% CI {_pct(recall['low'])}-{_pct(recall['high'])})"
-                  f"{confusion}."),
+                  f"{confusion}{few_images_note(support)}."),
             action=f"collect more {name} images {where} and review {name} labels",
             evidence={"class": name, "recall": recall, "support": support,
                       "main_confusion": class_names[other] if counts[c, other] > 0 else None}))

@@ -17,9 +17,10 @@ from audit.drift import (
     property_drift,
     subsample,
 )
+from audit.imaging import PROPERTIES
 from audit.options import count, fraction, positive
 from audit.results import CheckResult, Finding, Status
-from audit.stats import bootstrap_indices, interval
+from audit.stats import bootstrap_indices, few_images_note, interval
 
 __all__ = ["ShiftCheck", "accuracy_drop_ci", "prior_shift_decomposition", "confidence_summary",
            "absorbing_classes", "describe_property_drift"]
@@ -230,7 +231,8 @@ class ShiftCheck(Check):
         ref_idx, sh_idx = self._drift_sample(ctx, cfg, ref, view)
         props = {k: property_drift(ref.outputs.properties[k][ref_idx], v[sh_idx],
                                    circular=(k == "hue"))
-                 for k, v in view.outputs.properties.items() if k in ref.outputs.properties}
+                 for k, v in view.outputs.properties.items()
+                 if k in ref.outputs.properties and k in PROPERTIES}
         x, y = ref.outputs.embeddings[ref_idx], view.outputs.embeddings[sh_idx]
         embedding = mmd_permutation_test(x, y, n_perm=int(cfg["n_perm"]),
                                          rng=ctx.rng(self.name, view.name, "mmd"))
@@ -277,9 +279,11 @@ class ShiftCheck(Check):
             w = per_class[worst]
             before = (f"from {w['acc_ref']:.0%} on {ref.name}" if np.isfinite(w["acc_ref"])
                       else f"(absent from {ref.name})")
+            n_class = int(np.sum(view.labels == ctx.class_names.index(worst)))
             out.append(Finding(
                 self.name, f"{worst} accuracy falls {before} to {w['acc_shifted']:.0%} on "
-                f"{name}: {100 * part:.1f} of the {100 * drop:.1f} accuracy points lost.",
+                f"{name} (n={n_class}): {100 * part:.1f} of the {100 * drop:.1f} accuracy "
+                f"points lost{few_images_note(n_class)}.",
                 f"collect labelled images of {worst} from {name}", dataset=name,
                 gap_share=float(min(part / drop, 1.0)), impact=part, kind="class_accuracy",
                 evidence={"class": worst, **w}))

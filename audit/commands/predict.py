@@ -1,4 +1,5 @@
-"""`audit predict`: classify new images with the audit's calibration and referral threshold."""
+"""`audit predict`: classify new images with the audit's calibration, referral threshold and
+safety flags (see `audit.prediction`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "predict", help="classify new images, with calibrated probabilities and referral flags",
-        description="Classify image files or folders in batches. With --audit, probabilities "
-                    "are temperature-calibrated and images below the audit's referral "
-                    "threshold are flagged for a human reviewer.",
+        description="Classify image files or folders in batches. Images that are not usable "
+                    "cell images are referred to a human reviewer. With --audit, probabilities "
+                    "are temperature-calibrated, and images below the audit's certified "
+                    "referral threshold or unlike its reference images are referred too.",
     )
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--model", required=True, help=MODEL_HELP)
@@ -45,7 +47,7 @@ def _cell(value) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from audit.atomic import atomic_path
-    from audit.prediction import COLUMNS, audit_calibration, collect_images, predict_rows
+    from audit.prediction import COLUMNS, Referral, audit_referral, collect_images, predict_rows
     from model.loaded import load_model
 
     if not args.out.endswith(".csv"):
@@ -55,18 +57,19 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.out)
     paths = collect_images(args.images)
     loaded = load_model(args.model, contract_options(args))
-    temperature, threshold = 1.0, None
-    if args.audit:
-        temperature, threshold = audit_calibration(args.audit, loaded.sha256)
+    referral = audit_referral(args.audit, loaded.sha256) if args.audit else Referral()
     header = [*COLUMNS, *[f"p_{c}" for c in loaded.contract.class_names]]
-    n_unreadable = 0
+    n_unreadable = n_referred = 0
     with atomic_path(args.out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
-        for row in predict_rows(loaded, paths, temperature=temperature, threshold=threshold,
-                                batch_size=args.batch_size):
+        for row in predict_rows(loaded, paths, referral=referral, batch_size=args.batch_size):
             n_unreadable += row["status"] != "ok"
+            n_referred += row["refer_to_human"] is True
             writer.writerow([_cell(row[key]) for key in header])
-    print(f"wrote {args.out}: {len(paths) - n_unreadable} classified, {n_unreadable} unreadable"
-          + ("" if threshold is None else f", referral threshold {threshold:.3f}, T={temperature:.2f}"))
+    threshold = referral.threshold
+    print(f"wrote {args.out}: {len(paths) - n_unreadable} classified, {n_unreadable} unreadable, "
+          f"{n_referred} referred to a human"
+          + ("" if threshold is None else f" (referral threshold {threshold:.3f}, "
+                                          f"T={referral.temperature:.2f})"))
     return 0

@@ -305,7 +305,9 @@ class _Bootstrap:
 
     Paired when both audits hold the same images (equal fingerprints and the same relative
     paths): one set of resampled image indices serves both, so the interval reflects only
-    the models' disagreement. Otherwise each audit is resampled on its own.
+    the models' disagreement. Otherwise each audit is resampled on its own. Whole groups
+    (patient, slide, source image) are resampled when the predictions carry them, so copies
+    of one cell do not make the interval falsely narrow.
     """
 
     def __init__(self, baseline: AuditFile, current: AuditFile, dataset: str,
@@ -338,18 +340,27 @@ class _Bootstrap:
         n_boot = self.significance.n_boot
         order = _pairing(base.paths, cur.paths) if self._same_images() else None
         if order is not None:
-            resamples = bootstrap_indices(len(base.labels), n_boot=n_boot, rng=rng)
+            resamples = bootstrap_indices(len(base.labels), n_boot=n_boot, rng=rng,
+                                          groups=base.groups)
             cur_resamples = [order[idx] for idx in resamples]
-            how = f"paired on {len(base.labels)} images"
+            how = f"paired on {len(base.labels)} images{_grouped(base.groups)}"
         else:
-            resamples = bootstrap_indices(len(base.labels), n_boot=n_boot, rng=rng)
-            cur_resamples = bootstrap_indices(len(cur.labels), n_boot=n_boot, rng=rng)
-            how = f"unpaired, {len(base.labels)} vs {len(cur.labels)} images"
+            resamples = bootstrap_indices(len(base.labels), n_boot=n_boot, rng=rng,
+                                          groups=base.groups)
+            cur_resamples = bootstrap_indices(len(cur.labels), n_boot=n_boot, rng=rng,
+                                              groups=cur.groups)
+            how = (f"unpaired, {len(base.labels)} vs {len(cur.labels)} images"
+                   f"{_grouped(base.groups, cur.groups)}")
         return _statistics(base, resamples), _statistics(cur, cur_resamples), how
 
     def _same_images(self) -> bool:
         fp_b = self.baseline.fingerprint(self.dataset)
         return bool(fp_b) and fp_b == self.current.fingerprint(self.dataset)
+
+
+def _grouped(*groups: np.ndarray | None) -> str:
+    counts = [len(np.unique(g)) for g in groups if g is not None]
+    return f", resampling {' vs '.join(map(str, counts))} groups" if counts else ""
 
 
 def _pairing(base_paths: np.ndarray, cur_paths: np.ndarray) -> np.ndarray | None:

@@ -1,7 +1,8 @@
 """Reading an audit.json for the gate: the one place that knows where the numbers live.
 
     datasets.<name>                 role, fingerprint, n_images, class_counts,
-                                    predictions (npz relative to audit.json's folder)
+                                    predictions (npz relative to audit.json's folder: labels,
+                                    logits, paths, and groups when the dataset has them)
     checks.performance.metrics.datasets.<name>
         accuracy | balanced_accuracy | macro_f1      {"value", "low", "high"} (or a number)
         per_class.<class>.recall                     {"value", "low", "high"}
@@ -39,12 +40,14 @@ class Reading:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per-image labels and predicted classes (indices into `class_names`) and relative paths."""
+    """Per-image labels and predicted classes (indices into `class_names`), relative paths and
+    groups (None when the dataset has none, or the audit predates them)."""
 
     labels: np.ndarray
     predicted: np.ndarray
     paths: np.ndarray
     class_names: tuple[str, ...]
+    groups: np.ndarray | None = None
 
 
 class PredictionsUnavailable(Exception):
@@ -179,15 +182,17 @@ class AuditFile:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 labels, logits, paths = npz["labels"], npz["logits"], npz["paths"]
+                groups = npz["groups"].astype(str) if "groups" in npz.files else None
         except (OSError, ValueError, KeyError) as exc:
             raise PredictionsUnavailable(f"cannot read '{path}': {exc}") from exc
         n_classes = len(self.class_names)
-        if logits.ndim != 2 or logits.shape[1] != n_classes or not len(labels) == len(logits) == len(paths):
+        if logits.ndim != 2 or logits.shape[1] != n_classes or not len(labels) == len(logits) == len(paths) \
+                or (groups is not None and len(groups) != len(labels)):
             raise PredictionsUnavailable(
                 f"'{path}' does not match the audit: labels {labels.shape}, logits {logits.shape}, "
                 f"paths {paths.shape}, {n_classes} classes")
         return Predictions(labels=labels.astype(np.int64), predicted=np.argmax(logits, axis=1),
-                           paths=paths.astype(str), class_names=self.class_names)
+                           paths=paths.astype(str), class_names=self.class_names, groups=groups)
 
 
 def _validated(data: object, *, where: str) -> dict:
