@@ -11,7 +11,7 @@ import csv
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ __all__ = [
     "load_unlabelled",
     "iter_batches",
     "read_images",
+    "scan_files",
     "tf_bilinear",
     "fingerprint",
     "default_data_root",
@@ -231,7 +232,8 @@ def _check_file(path: str) -> str | None:
     return None
 
 
-def _scan(paths: Sequence[str], *, max_workers: int = 4) -> list[str | None]:
+def scan_files(paths: Sequence[str], *, max_workers: int = 4) -> list[str | None]:
+    """Why each file cannot be used (None: it decodes), in order: what `load_dataset` skips."""
     # Pillow releases the GIL while decoding, so threads give real parallelism here.
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         return list(pool.map(_check_file, paths, chunksize=16))
@@ -294,6 +296,7 @@ def load_dataset(
     class_names: Sequence[str] | None = None,
     strict: bool = False,
     check_files: bool = True,
+    scan: Callable[[Sequence[str]], list[str | None]] | None = None,
 ) -> Dataset:
     """Load a class-per-folder directory or a CSV manifest (path,label[,group]).
 
@@ -301,7 +304,8 @@ def load_dataset(
     model's classes) every remaining label must be one of them, else `InputError` lists the
     unknown ones; without, the sorted set of labels found becomes the class list.
     Unreadable files are skipped with a warning and listed in `Dataset.skipped`, or with
-    `strict=True` raise `InputError`.
+    `strict=True` raise `InputError`. `scan`: how the files are checked (default
+    `scan_files`; an engine may spread it over a cluster, with the same reasons).
     """
     source_path = Path(source).expanduser()
     if not source_path.exists():
@@ -337,7 +341,7 @@ def load_dataset(
         )
 
     if check_files and mapped:
-        reasons = _scan([p for p, _, _ in mapped])
+        reasons = (scan or scan_files)([p for p, _, _ in mapped])
         bad = [SkippedFile(p, r) for (p, _, _), r in zip(mapped, reasons, strict=True) if r]
         mapped = [e for e, r in zip(mapped, reasons, strict=True) if r is None]
         skipped = list(skipped) + bad
@@ -381,7 +385,7 @@ def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
         raise InputError(f"dataset '{source}' does not exist; expected a folder or a CSV manifest")
     paths = sorted(str(p) for p in source_path.rglob("*") if p.is_file()
                    and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    reasons = _scan(paths)
+    reasons = scan_files(paths)
     skipped = tuple(SkippedFile(p, r) for p, r in zip(paths, reasons, strict=True) if r)
     if skipped and strict:
         raise InputError(f"dataset '{source}': {len(skipped)} unusable file(s), first "

@@ -11,6 +11,7 @@ from audit.commands.common import (
     add_model_options,
     contract_options,
     load_label_map_option,
+    non_negative_float,
     positive_int,
 )
 
@@ -69,6 +70,16 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="audit even when the quick check finds the declared input contract "
                         "wrong (near-chance on the reference set while another is far better)")
+    engine = p.add_argument_group("engine (where the per-image work runs; docs/scale.md)")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: threads on this machine (default); ray: a Ray Data "
+                             "pipeline (pip install 'cellaudit[ray]'), same numbers")
+    engine.add_argument("--ray-address", metavar="auto|ray://HOST:PORT",
+                        help="join an existing Ray cluster (default: start a local instance)")
+    engine.add_argument("--workers", type=positive_int, metavar="N",
+                        help="model workers (default: the local instance's or cluster's CPUs)")
+    engine.add_argument("--gpus-per-worker", type=non_negative_float, metavar="X",
+                        help="GPUs reserved per worker (default 0)")
     add_data_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
@@ -84,7 +95,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from audit.config import load_config
-    from audit.runner import parse_data_spec, run_audit
+    from audit.engines import make_engine
+    from audit.runner import parse_data_spec
 
     overrides = list(args.set)
     if args.seed is not None:
@@ -102,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
         overrides.append('audit.cache_dir=""')
     config = load_config(args.config, overrides)
     specs = [parse_data_spec(item) for item in args.data]
-    result = run_audit(args.model, specs, config=config, out_dir=args.out,
-                       label_map=load_label_map_option(args), strict=args.strict,
-                       command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [],
-                       declared=contract_options(args), force=args.force)
+    engine = make_engine(args.engine, ray_address=args.ray_address, workers=args.workers,
+                         gpus_per_worker=args.gpus_per_worker)
+    try:
+        result = _run(args, specs, config, engine)
+    finally:
+        engine.close()
     print(f"audit {result.status.value}: {args.out}/audit.json")
     for check in result.checks.values():
         print(f"  {check.status.value:5}  {check.name:12} {check.summary}")
@@ -118,3 +132,12 @@ def run(args: argparse.Namespace) -> int:
         gate_code = gate_files(args.gate_baseline, f"{args.out}/audit.json", policy=args.gate_policy)
         exit_code = max(exit_code, gate_code)
     return exit_code
+
+
+def _run(args: argparse.Namespace, specs: list, config: dict, engine):
+    from audit.runner import run_audit
+
+    return run_audit(args.model, specs, config=config, out_dir=args.out,
+                     label_map=load_label_map_option(args), strict=args.strict,
+                     command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [],
+                     declared=contract_options(args), force=args.force, engine=engine)
