@@ -107,8 +107,11 @@ def one_run(engine_name: str, workers: int, model: str, manifest: str) -> dict:
         add = rd._ShardWriter.add
 
         def timed_add(self, batch):
-            first.setdefault("t", time.perf_counter())
-            return add(self, batch)
+            t = time.perf_counter()
+            first.setdefault("t", t)
+            out = add(self, batch)
+            first["write_s"] = first.get("write_s", 0.0) + time.perf_counter() - t
+            return out
         rd._ShardWriter.add = timed_add
     else:
         import audit.predict as pr
@@ -139,7 +142,10 @@ def one_run(engine_name: str, workers: int, model: str, manifest: str) -> dict:
             "images_per_s": round(n / (t_end - t0), 1),
             "steady_images_per_s": round(steady, 1),
             "driver_peak_rss_mb": round(_status_mb("VmHWM") - base_rss, 1),
-            "driver_peak_anon_mb": round(anon.peak - base_anon, 1)}
+            "driver_peak_anon_mb": round(anon.peak - base_anon, 1),
+            # Ray: the driver's time writing what came back (shards, memory map) per image
+            "driver_write_ms_per_image": round(1000 * first["write_s"] / n, 3)
+            if "write_s" in first else None}
 
 
 def main() -> int:
@@ -180,11 +186,10 @@ def main() -> int:
                 if args.json:
                     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                     Path(args.json).write_text(json.dumps(runs, indent=1))
-    print_table(["engine", "workers", "n", "scan_s", "pass_s", "total_s", "images_per_s",
-                 "steady_images_per_s", "driver_peak_rss_mb", "driver_peak_anon_mb"],
-                [[r[k] for k in ("engine", "workers", "n", "scan_s", "pass_s", "total_s",
-                                 "images_per_s", "steady_images_per_s", "driver_peak_rss_mb",
-                                 "driver_peak_anon_mb")] for r in runs])
+    columns = ["engine", "workers", "n", "scan_s", "pass_s", "total_s", "images_per_s",
+               "steady_images_per_s", "driver_peak_rss_mb", "driver_peak_anon_mb",
+               "driver_write_ms_per_image"]
+    print_table(columns, [[r.get(k) for k in columns] for r in runs])
     return 0
 
 

@@ -157,3 +157,13 @@ def test_engine_options_are_checked():
         make_engine("ray", ray_address="localhost:6379")
     with pytest.raises(UsageError, match="--workers 0"):
         RayEngine(workers=0)
+
+
+def test_cli_rejects_ray_options_with_the_local_engine(tmp_path, capsys):
+    from audit.cli import main
+
+    code = main(["run", "--model", str(tmp_path / "m.keras"), "--data", f"heldout={tmp_path}",
+                 "--out", str(tmp_path / "o"), "--workers", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: --workers: only with --engine ray (the local engine "
+                                 "uses this machine's threads)"]
