@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, print_table, quiet_tensorflow  # noqa: E402
 
@@ -148,6 +150,30 @@ def one_run(engine_name: str, workers: int, model: str, manifest: str) -> dict:
             if "write_s" in first else None}
 
 
+def driver_write_rate(dim: int, n_blocks: int = 300, batch: int = 64) -> dict:
+    """How fast the Ray engine's driver absorbs returned batches of real shape (`dim`-d
+    embeddings, 5 classes, 8 hashes, 6 properties): the images per second at which one
+    driver becomes the bottleneck, whatever the number of workers."""
+    from audit.engines.ray_data import _ShardWriter
+
+    rng = np.random.default_rng(0)
+    blocks = [{"index": np.arange(b * batch, (b + 1) * batch),
+               "logits": rng.normal(size=(batch, 5)),
+               "embeddings": rng.random((batch, dim), dtype=np.float32),
+               "phash": rng.integers(0, 2**63, (batch, 8), dtype=np.uint64),
+               **{f"prop_{k}": rng.random(batch) for k in range(6)}} for b in range(n_blocks)]
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = _ShardWriter(Path(tmp), n_blocks * batch)
+        t0 = time.perf_counter()
+        for block in blocks:
+            writer.add(block)
+        writer.close()
+        seconds = time.perf_counter() - t0
+    n = n_blocks * batch
+    return {"dim": dim, "images": n, "ms_per_image": round(1000 * seconds / n, 3),
+            "driver_images_per_s": round(n / seconds)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
@@ -157,7 +183,13 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--one", nargs=4, metavar=("ENGINE", "WORKERS", "MODEL", "MANIFEST"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--driver-write", type=int, metavar="DIM",
+                        help="only measure the driver's write rate for DIM-d embeddings")
     args = parser.parse_args()
+    if args.driver_write:
+        print(machine_line())
+        print(json.dumps(driver_write_rate(args.driver_write)))
+        return 0
     if args.one:
         engine, workers, model, manifest = args.one
         print(json.dumps(one_run(engine, int(workers), model, manifest)), flush=True)
