@@ -122,6 +122,7 @@ def run(
     explain: bool | None = None,
     report: bool | None = None,
     cache: bool | str | os.PathLike | None = None,
+    engine="local",
     command: Sequence[str] | None = None,
 ) -> AuditResult:
     """Audit `model` on a held-out set and any shifted sets; return the `AuditResult`.
@@ -136,6 +137,9 @@ def run(
     the `audit run` settings, checked as the CLI checks them (`overrides`: KEY=VALUE strings).
     `out`: the folder for audit.json, artifacts/ and report.html; None keeps them in a
     temporary folder for as long as the result lives (`result.save(dir)` copies them).
+    `engine`: where the per-image work runs: "local" (threads), "ray" (a local Ray instance)
+    or an engine object, e.g. `audit.engines.make_engine("ray", ray_address="auto")`; the
+    numbers are the same with every engine (docs/scale.md).
 
     Example (the built-in synthetic cells, a model from `audit demo`):
 
@@ -174,7 +178,8 @@ def run(
                 specs.append(DataSpec(role=role, name=name, source=path))
             target = Path(out) if out is not None else scratch / "audit"
             result = run_audit(loaded, specs, config=settings, out_dir=target, label_map=labels,
-                               strict=strict, command=list(command or []), force=force)
+                               strict=strict, command=list(command or []), force=force,
+                               engine=engine)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

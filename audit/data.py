@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "load_unlabelled",
     "iter_batches",
     "read_images",
+    "scan_files",
     "tf_bilinear",
     "fingerprint",
     "default_data_root",
@@ -263,8 +264,10 @@ def _check_file(path: str) -> tuple[str | None, tuple[int, int] | None]:
     return None, size
 
 
-def _scan(paths: Sequence[str], *, max_workers: int = 4
-          ) -> list[tuple[str | None, tuple[int, int] | None]]:
+def scan_files(paths: Sequence[str], *, max_workers: int = 4
+               ) -> list[tuple[str | None, tuple[int, int] | None]]:
+    """(why the file cannot be used or None, its (width, height)) per path, in order: what
+    `load_dataset` skips and what it warns about."""
     # Pillow releases the GIL while decoding, so threads give real parallelism here.
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         return list(pool.map(_check_file, paths, chunksize=16))
@@ -330,6 +333,7 @@ def load_dataset(
     strict: bool = False,
     check_files: bool = True,
     input_size: int | None = None,
+    scan: Callable[[Sequence[str]], list[tuple[str | None, tuple[int, int] | None]]] | None = None,
 ) -> Dataset:
     """Load a class-per-folder directory or a CSV manifest (path,label[,group]).
 
@@ -340,6 +344,8 @@ def load_dataset(
     `strict=True` raise `InputError`. So are, as warnings kept in `Dataset.notes`: a class
     folder with no usable image, a class with fewer than `MIN_CLASS_IMAGES` images, and
     (with `input_size`) images whose shorter side is under a quarter of the model input.
+    `scan`: how the files are checked (default `scan_files`; an engine may spread it over a
+    cluster, with the same results).
     """
     source_path = Path(source).expanduser()
     if not source_path.exists():
@@ -376,7 +382,7 @@ def load_dataset(
 
     sizes: list[tuple[int, int] | None] = [None] * len(mapped)
     if check_files and mapped:
-        scanned = _scan([p for p, _, _ in mapped])
+        scanned = (scan or scan_files)([p for p, _, _ in mapped])
         bad = [SkippedFile(p, r) for (p, _, _), (r, _) in zip(mapped, scanned, strict=True) if r]
         sizes = [size for r, size in scanned if r is None]
         mapped = [e for e, (r, _) in zip(mapped, scanned, strict=True) if r is None]
@@ -456,7 +462,7 @@ def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
         raise InputError(f"dataset '{source}' does not exist; expected a folder or a CSV manifest")
     paths = sorted(str(p) for p in source_path.rglob("*") if p.is_file()
                    and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    reasons = [reason for reason, _ in _scan(paths)]
+    reasons = [reason for reason, _ in scan_files(paths)]
     skipped = tuple(SkippedFile(p, r) for p, r in zip(paths, reasons, strict=True) if r)
     if skipped and strict:
         raise InputError(f"dataset '{source}': {len(skipped)} unusable file(s), first "

@@ -281,7 +281,8 @@ def cross_class_null(query_labels: np.ndarray, ref_labels: np.ndarray,
 
 def class_matched_nearest(query_labels: np.ndarray, ref_labels: np.ndarray,
                           nearest: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
-                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                          rng: np.random.Generator, max_refs: int | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """Per query, aligned with the queries: `nearest(query_idx, ref_idx)` (a score of each
     query's nearest among those references) against the references of its own class (where
     copies live), and against as many references of one other class, drawn at random per
@@ -291,8 +292,9 @@ def class_matched_nearest(query_labels: np.ndarray, ref_labels: np.ndarray,
     similarities that one class never has. The nearest of K candidates grows with K (3x as
     many other-class references moved the share estimate for kaggle_bloodcells TEST against
     TRAIN by -0.24), so both sides get K = min(own, other) references, a random subset of
-    the larger class; subsetting the own class can only miss copies. NaN where a side is
-    empty.
+    the larger class; subsetting the own class can only miss copies. `max_refs` bounds K
+    (the cost is queries x K similarities; see `audit.neighbors.SET_LEVEL_MAX_REFS`). NaN
+    where a side is empty.
     """
     query_labels, ref_labels = np.asarray(query_labels), np.asarray(ref_labels)
     observed, null = np.full(len(query_labels), np.nan), np.full(len(query_labels), np.nan)
@@ -307,7 +309,7 @@ def class_matched_nearest(query_labels: np.ndarray, ref_labels: np.ndarray,
             picked, other = queries[drawn == other_class], np.flatnonzero(ref_labels == other_class)
             if picked.size == 0:
                 continue
-            k = min(own.size, other.size)
+            k = min(own.size, other.size, max_refs or own.size)
             same_refs, other_refs = (np.sort(rng.choice(refs, k, replace=False))
                                      if refs.size > k else refs for refs in (own, other))
             observed[picked] = nearest(picked, same_refs)

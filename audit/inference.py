@@ -21,7 +21,7 @@ from audit.progress import progress
 
 __all__ = ["DatasetOutputs", "Predictor", "compute_outputs", "per_image_outputs",
            "assemble_outputs", "softmax",
-           "cell_size_sample", "CACHE_VERSION"]
+           "cell_size_sample", "cache_key", "CACHE_VERSION"]
 
 CACHE_VERSION = "5"  # 5: usability properties and sizes on disk (safety flags)
 
@@ -148,15 +148,19 @@ def assemble_outputs(parts: list[dict[str, np.ndarray]], *, from_cache: bool = F
         phash=arrays["phash"].astype(np.uint64), from_cache=from_cache)
 
 
-def _cache_file(cache_dir: Path, predictor: Predictor, dataset: Dataset,
-                cell_size_images: int) -> Path:
+def cache_key(predictor: Predictor, dataset: Dataset, cell_size_images: int) -> str:
+    """The name of one dataset's outputs in the cache, the same for every engine."""
     contract = predictor.contract
     # Everything that changes what the model sees or returns is in the key.
-    key = hashlib.sha256("|".join(map(str, (
+    return hashlib.sha256("|".join(map(str, (
         CACHE_VERSION, predictor.loaded.sha256, dataset.fingerprint, contract.input_size,
         contract.resize, contract.preprocess, contract.channel_order, contract.output,
         cell_size_images))).encode()).hexdigest()[:32]
-    return cache_dir / f"outputs-{key}.npz"
+
+
+def _cache_file(cache_dir: Path, predictor: Predictor, dataset: Dataset,
+                cell_size_images: int) -> Path:
+    return cache_dir / f"outputs-{cache_key(predictor, dataset, cell_size_images)}.npz"
 
 
 _CACHE_KEYS = ("logits", "embeddings", "phash")

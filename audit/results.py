@@ -142,6 +142,7 @@ class AuditResult:
     timings: dict[str, float]
     command: list[str] = field(default_factory=list)
     explanations: dict = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)   # where the per-image work ran
     schema_version: str = SCHEMA_VERSION
     location: Path | None = field(default=None, compare=False, repr=False)
 
@@ -223,6 +224,7 @@ class AuditResult:
             "findings": [f.to_dict() for f in self.findings],
             "checks": {name: c.to_dict() for name, c in self.checks.items()},
             "explanations": self.explanations,
+            "engine": self.engine,
             "timings": self.timings,
         })
 
@@ -238,5 +240,5 @@ class AuditResult:
             findings=[Finding.from_dict(f) for f in data.get("findings", [])],
             versions=data.get("versions", {}), timings=data.get("timings", {}),
             command=data.get("command", []), explanations=data.get("explanations", {}),
-            schema_version=data["schema_version"],
+            engine=data.get("engine", {}), schema_version=data["schema_version"],
         )

@@ -82,6 +82,7 @@ def run_audit(
     command: list[str] | None = None,
     declared=None,
     force: bool = False,
+    engine="local",
 ) -> AuditResult:
     """Run the audit and write OUTDIR/audit.json (+ artifacts/, report.html) atomically.
 
@@ -89,9 +90,27 @@ def run_audit(
     `declared`: the input contract options given by the user (`ContractOptions`). The
     declared contract is checked on a sample of the reference set before any expensive work
     (`audit.contract_check`); `force` audits a model that fails that check anyway.
+    `engine`: where the per-image work runs, "local" (threads on this machine), "ray" (a
+    local Ray instance), or an engine object (`audit.engines.make_engine(...)`, e.g. a
+    `RayEngine(address="auto", workers=8)`); the numbers are the same with every engine.
     """
+    from audit.engines import make_engine
+
+    own_engine = isinstance(engine, str)
+    engine = make_engine(engine)
+    try:
+        return _run_audit(model, specs, config=config, out_dir=out_dir, label_map=label_map,
+                          strict=strict, command=command, declared=declared, force=force,
+                          engine=engine)
+    finally:
+        if own_engine:
+            engine.close()
+
+
+def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, declared, force,
+               engine) -> AuditResult:
     from audit.contract_check import check_contract, enforce
-    from audit.inference import Predictor, compute_outputs
+    from audit.inference import Predictor
     from model.io import library_versions
     from model.loaded import LoadedModel, load_model
 
@@ -112,7 +131,7 @@ def run_audit(
     for spec in specs:
         datasets[spec.name] = (spec, load_dataset(spec.source, name=spec.name, label_map=label_map,
                                                   class_names=class_names, strict=strict,
-                                                  input_size=image_size))
+                                                  input_size=image_size, scan=engine.scan))
     timings["load"] = time.perf_counter() - started
 
     reference = next(ds for spec, ds in datasets.values() if spec.role == "heldout")
@@ -128,12 +147,12 @@ def run_audit(
     predictor = Predictor(loaded, batch_size=int(settings["batch_size"]))
     views = {}
     t0 = time.perf_counter()
+    outputs = engine.outputs({name: ds for name, (_, ds) in datasets.items()},
+                             predictor=predictor, cache_dir=settings["cache_dir"] or None,
+                             cell_size_images=int(settings["cell_size_images"]))
     for name, (spec, dataset) in datasets.items():
-        status(f"predicting {name} ({len(dataset)} images)")
-        outputs = compute_outputs(dataset, predictor=predictor,
-                                  cache_dir=settings["cache_dir"] or None,
-                                  cell_size_images=int(settings["cell_size_images"]))
-        views[name] = DatasetView(name=name, role=spec.role, dataset=dataset, outputs=outputs)
+        views[name] = DatasetView(name=name, role=spec.role, dataset=dataset,
+                                  outputs=outputs[name])
     timings["predict"] = time.perf_counter() - t0
 
     with atomic_dir(out_dir) as staging:
@@ -178,6 +197,7 @@ def run_audit(
             timings={k: round(v, 3) for k, v in timings.items()},
             command=list(command or []),
             explanations=explanations,
+            engine=engine.describe(),
         )
         write_json(staging / "audit.json", result.to_dict())
         if settings["report"]:

@@ -184,7 +184,7 @@ class Breakdown:
             ("audit.inference", "compute_outputs", self.phased("predict")),
             ("audit.runner", "_run_check", self.phased(lambda check, *_: f"check.{check.name}")),
             ("audit.data", "iter_batches", self.waited("wait for decoded batch")),
-            ("audit.data", "_scan", self.timed("file check (decode all)")),
+            ("audit.data", "scan_files", self.timed("file check (decode all)")),
             ("audit.imaging", "image_properties", self.timed("image_properties")),
             ("audit.imaging", "white_cell_mask", self.timed("white_cell_mask")),
             ("audit.duplicates", "dihedral_hashes", self.timed("dihedral_hashes")),

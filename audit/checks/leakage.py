@@ -68,6 +68,7 @@ from audit.duplicates import (
     nearest_embedding_matches,
     nearest_hash_matches,
 )
+from audit.neighbors import EXACT_MAX_PAIRS, SET_LEVEL_MAX_REFS, nearest_cosine, nearest_hamming
 from audit.options import between, count, fraction
 from audit.results import CheckResult, Finding, Status
 from audit.stats import bootstrap_ci
@@ -251,7 +252,8 @@ def _set_level(q: _Set, r: _Set, thresholds: dict, cfg: dict, rng_keys: tuple,
     for signal, nearest in signals.items():
         # One subset of references for every signal: the same rng keys.
         observed, null = class_matched_nearest(q.labels, r.labels, nearest,
-                                               rng=ctx.rng(*rng_keys, "subset"))
+                                               rng=ctx.rng(*rng_keys, "subset"),
+                                               max_refs=SET_LEVEL_MAX_REFS)
         by_signal[signal] = cap_share(set_level_share(
             observed, null, quantile=quantile, n_boot=int(cfg["n_boot"]),
             rng=ctx.rng(*rng_keys, "boot", signal), groups=groups,
@@ -280,13 +282,16 @@ def cap_share(share: dict, cap: float) -> dict:
     return out
 
 
-def _nearest(q: _Set, r: _Set, same_set: bool) -> dict:
+def _nearest(q: _Set, r: _Set, same_set: bool, searches: dict) -> dict:
     """Each query's nearest reference by hash and by embedding, computed once per pair for
-    both the set level and the per-image matches."""
-    out = {"hash": nearest_hash_matches(q.hashes, r.hashes, exclude_self=same_set)}
+    both the set level and the per-image matches (exact, or approximate on large sets:
+    `audit.neighbors`); how each was searched goes into `searches`."""
+    *out_hash, searches["hash"] = nearest_hamming(q.hashes, r.hashes, exclude_self=same_set)
+    out = {"hash": tuple(out_hash)}
     if q.embeddings is not None and r.embeddings is not None:
-        out["embedding"] = nearest_embedding_matches(q.embeddings, r.embeddings,
-                                                     exclude_self=same_set)
+        *out_emb, searches["embedding"] = nearest_cosine(q.embeddings, r.embeddings,
+                                                         exclude_self=same_set)
+        out["embedding"] = tuple(out_emb)
     return out
 
 
@@ -417,12 +422,16 @@ class LeakageCheck(Check):
         pairs += [(v.name, ctx.reference.name) for v in ctx.shifted]
         datasets = {name: {"role": v.role, "n": len(v), "against": {}}
                     for name, v in ctx.views.items()}
-        arrays, groups, within = {}, {}, {}
+        arrays, groups, within, search_by_pair = {}, {}, {}, {}
         for q_name, r_name in pairs:
             q, r = ctx.views[q_name], ctx.views[r_name]
             thresholds = _thresholds(sets[q_name], sets[r_name], cfg,
                                      ctx.rng(self.name, "null", q_name, r_name))
-            nearest = _nearest(sets[q_name], sets[r_name], same_set=q_name == r_name)
+            searches = {}
+            nearest = _nearest(sets[q_name], sets[r_name], q_name == r_name, searches)
+            search_by_pair[f"within {q_name}" if q_name == r_name
+                           else f"{q_name} against {r_name}"] = {
+                k: v.describe() for k, v in searches.items()}
             set_level = None
             if q_name != r_name:
                 set_level, set_arrays = _set_level(
@@ -472,6 +481,9 @@ class LeakageCheck(Check):
                        for r, e in [(q, d["within"]), *d["against"].items()]
                        if e["thresholds"]["embeddings"] in ("uninformative", "class-clustered")],
                    "leaked_share": leaked, "set_level_leaked_share": set_leaked,
+                   "neighbor_search": {"exact_max_pairs": EXACT_MAX_PAIRS,
+                                       "set_level_max_refs": SET_LEVEL_MAX_REFS,
+                                       "by_comparison": search_by_pair},
                    "datasets": datasets}
         summary = _summary(ctx, datasets, cross)
         off = metrics["uninformative_embeddings"]

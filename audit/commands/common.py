@@ -6,7 +6,7 @@ import argparse
 
 from audit.errors import UsageError
 
-__all__ = ["positive_int", "fraction", "add_data_options", "load_label_map_option",
+__all__ = ["positive_int", "non_negative_float", "fraction", "add_data_options", "load_label_map_option",
            "add_model_options", "contract_options"]
 
 MODEL_HELP = ("trained classifier: a .keras file, a legacy .h5 full model (tf.keras 2.x) or a "
@@ -20,6 +20,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {value}")
     return value
 
 

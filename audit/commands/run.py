@@ -11,6 +11,7 @@ from audit.commands.common import (
     add_model_options,
     contract_options,
     load_label_map_option,
+    non_negative_float,
     positive_int,
 )
 
@@ -69,6 +70,16 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="audit even when the quick check finds the declared input contract "
                         "wrong (near-chance on the reference set while another is far better)")
+    engine = p.add_argument_group("engine (where the per-image work runs; docs/scale.md)")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: threads on this machine (default); ray: a Ray Data "
+                             "pipeline (pip install 'cellaudit[ray]'), same numbers")
+    engine.add_argument("--ray-address", metavar="auto|ray://HOST:PORT",
+                        help="join an existing Ray cluster (default: start a local instance)")
+    engine.add_argument("--workers", type=positive_int, metavar="N",
+                        help="model workers (default: the local instance's or cluster's CPUs)")
+    engine.add_argument("--gpus-per-worker", type=non_negative_float, metavar="X",
+                        help="GPUs reserved per worker (default 0)")
     add_data_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
@@ -85,24 +96,31 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """The CLI is a thin layer over `audit.api.run`: same inputs, same audit.json."""
     from audit.api import run as run_api
+    from audit.engines import make_engine
     from audit.runner import check_specs, parse_data_spec
 
     specs = [parse_data_spec(item) for item in args.data]
     check_specs(specs)
     by_role = {s.role: s.source for s in specs if s.role != "shifted"}
     declared = contract_options(args)
-    result = run_api(
-        args.model, heldout=by_role["heldout"], train=by_role.get("train"),
-        shifted={s.name: s.source for s in specs if s.role == "shifted"} or None,
-        out=args.out, config=args.config, overrides=list(args.set),
-        classes=declared.classes, classes_from=declared.classes_from,
-        input_size=declared.input_size, preprocess=declared.preprocess,
-        resize=declared.resize, channel_order=declared.channel_order,
-        label_map=load_label_map_option(args), strict=args.strict, force=args.force,
-        seed=args.seed, batch_size=args.batch_size, checks=args.checks,
-        explain=False if args.no_explain else None, report=False if args.no_report else None,
-        cache=False if args.no_cache else None,
-        command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [])
+    engine = make_engine(args.engine, ray_address=args.ray_address, workers=args.workers,
+                         gpus_per_worker=args.gpus_per_worker)
+    try:
+        result = run_api(
+            args.model, heldout=by_role["heldout"], train=by_role.get("train"),
+            shifted={s.name: s.source for s in specs if s.role == "shifted"} or None,
+            out=args.out, config=args.config, overrides=list(args.set),
+            classes=declared.classes, classes_from=declared.classes_from,
+            input_size=declared.input_size, preprocess=declared.preprocess,
+            resize=declared.resize, channel_order=declared.channel_order,
+            label_map=load_label_map_option(args), strict=args.strict, force=args.force,
+            seed=args.seed, batch_size=args.batch_size, checks=args.checks,
+            explain=False if args.no_explain else None,
+            report=False if args.no_report else None, cache=False if args.no_cache else None,
+            engine=engine,
+            command=["audit", *sys.argv[1:]] if sys.argv[0].endswith("audit") else [])
+    finally:
+        engine.close()
     print(f"audit {result.status.value}: {args.out}/audit.json")
     for check in result.checks.values():
         print(f"  {check.status.value:5}  {check.name:12} {check.summary}")
