@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from audit.atomic import OutputError, atomic_path
 from audit.data import Dataset, iter_batches
 from audit.progress import progress
 
-__all__ = ["DatasetOutputs", "Predictor", "compute_outputs", "per_image_outputs",
+__all__ = ["DatasetOutputs", "Predictor", "batch_outputs", "compute_outputs", "per_image_outputs",
            "assemble_outputs", "softmax",
            "cell_size_sample", "cache_key", "CACHE_VERSION"]
 
@@ -137,6 +138,18 @@ def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
             **{f"prop_{k}": v for k, v in properties.items()}}
 
 
+def batch_outputs(predictor: Predictor, images: np.ndarray, paths: Sequence,
+                  *, measure_cell: np.ndarray) -> dict:
+    """`per_image_outputs` of one decoded batch plus each file's size on disk, read from its
+    header (lost once the image is resized). Every engine goes through here, so a new
+    per-image property reaches them all."""
+    from audit.imaging import source_sizes
+
+    width, height = source_sizes(paths)
+    return {**per_image_outputs(predictor, images, measure_cell=measure_cell),
+            "prop_source_width": width, "prop_source_height": height}
+
+
 def assemble_outputs(parts: list[dict[str, np.ndarray]], *, from_cache: bool = False
                      ) -> DatasetOutputs:
     """`DatasetOutputs` from per-batch results (or one dict of whole arrays), in order."""
@@ -209,15 +222,11 @@ def compute_outputs(
     batches = iter_batches(dataset, image_size=predictor.image_size, resize=predictor.resize,
                            batch_size=batch_size)
     n_batches = -(-len(dataset) // batch_size)
-    from audit.imaging import source_sizes
-
     parts = []
     for images, indices in progress(batches, desc=f"predict {dataset.name}", total=n_batches,
                                     unit="batch"):
-        part = per_image_outputs(predictor, images, measure_cell=measure_cell[indices])
-        # The size on disk, from the file header: lost once the image is resized.
-        width, height = source_sizes([dataset.paths[i] for i in indices])
-        parts.append({**part, "prop_source_width": width, "prop_source_height": height})
+        parts.append(batch_outputs(predictor, images, [dataset.paths[i] for i in indices],
+                                   measure_cell=measure_cell[indices]))
     outputs = assemble_outputs(parts)
     if cache_path is not None:
         try:

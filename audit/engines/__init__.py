@@ -2,7 +2,7 @@
 
 An engine checks every file of a dataset (`scan`, what `load_dataset` skips) and computes its
 per-image outputs (`outputs`: logits, embeddings, image properties, hashes) through
-`audit.inference.per_image_outputs`, so every engine gives the same numbers; the checks then run
+`audit.inference.batch_outputs`, so every engine gives the same numbers; the checks then run
 on the driver from those outputs. `local` (the default) uses threads on this machine; `ray`
 runs a Ray Data pipeline on a local Ray instance or an existing cluster (`pip install
 "cellaudit[ray]"`, see docs/scale.md).

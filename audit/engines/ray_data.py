@@ -5,7 +5,7 @@
     workers: map_batches(_ImagePass, concurrency=N)  - an actor per worker loads the model
             once (bytes shipped through the object store, so workers need no shared copy of
             the model file), decodes its batch with `audit.data.read_images` at the
-            contract's size and resize, and returns `audit.inference.per_image_outputs`
+            contract's size and resize, and returns `audit.inference.batch_outputs`
     driver: each returned block is written as one Parquet shard (all outputs, with the image
             index) plus its rows of a memory-mapped `embeddings.npy`, in a staging folder
             renamed into the cache when every image came back exactly once.
@@ -290,14 +290,13 @@ class _ImagePass:
 
     def __call__(self, batch: dict) -> dict:
         from audit.data import read_images
-        from audit.inference import per_image_outputs
+        from audit.inference import batch_outputs
 
         (k,), (start,) = batch["set"], batch["start"]
         (paths,), (measure,) = batch["paths"], batch["measure"]
         paths = [str(p) for p in paths]
         images = read_images(paths, self.predictor.image_size, resize=self.predictor.resize)
-        out = per_image_outputs(self.predictor, images,
-                                measure_cell=np.asarray(measure, bool))
+        out = batch_outputs(self.predictor, images, paths, measure_cell=np.asarray(measure, bool))
         return {"set": np.full(len(paths), k), "index": np.arange(
             int(start), int(start) + len(paths), dtype=np.int64), **out}
 
