@@ -141,9 +141,8 @@ def test_skips_without_shifted_set_or_model(tmp_path):
                                                tmp_path=tmp_path)).status == Status.SKIP
     for bad in ('checks.attribution.factors=["hue"]', 'checks.attribution.directions=["up"]',
                 'checks.attribution.color_method="histogram"'):
-        ctx = make_context([ref, shifted], tmp_path=tmp_path, predictor=object(), overrides=[bad])
-        with pytest.raises(ValueError, match="checks.attribution"):
-            AttributionCheck().run(ctx)
+        with pytest.raises(ValueError, match="checks.attribution"):   # refused on reading
+            make_context([ref, shifted], tmp_path=tmp_path, predictor=object(), overrides=[bad])
 
 
 CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -224,7 +223,7 @@ def test_blurrier_set_is_sharpened_only_when_allowed(synthetic_audit, tmp_path):
     _, views, predictor, _ = synthetic_audit
     chosen = [v for v in views if v.name in ("heldout", "blur")]
     ctx = make_context(chosen, tmp_path=tmp_path, predictor=predictor, image_size=64, overrides=[
-        'checks.attribution.factors=["sharpness"]', "checks.attribution.n_boot=50",
+        'checks.attribution.factors=["sharpness"]', "checks.attribution.n_boot=100",
         "checks.attribution.allow_sharpen=true", 'checks.attribution.directions=["undo"]'])
     result = AttributionCheck().run(ctx)
     fitted = result.metrics["datasets"]["blur"]["directions"]["undo"]["fitted"]["sharpness"]
@@ -281,7 +280,7 @@ def test_metrics_artifacts_and_json(synthetic_audit):
 def test_deterministic_and_budgeted(synthetic_audit, tmp_path):
     _, views, predictor, _ = synthetic_audit
     chosen = [v for v in views if v.name in ("heldout", "colour")]
-    overrides = ['checks.attribution.factors=["color", "priors"]', "checks.attribution.n_boot=50",
+    overrides = ['checks.attribution.factors=["color", "priors"]', "checks.attribution.n_boot=100",
                  "checks.attribution.max_images=30", 'checks.attribution.directions=["undo"]']
     runs = []
     for sub in ("a", "b"):

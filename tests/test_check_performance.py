@@ -140,14 +140,14 @@ def test_small_drop_warns(tmp_path):
     shifted[:40] = 1 - labels[:40]                     # 90% right: drop of 10 points
     result, _ = _run([_view("heldout", "heldout", labels, ref, classes=("a", "b")),
                       _view("s", "shifted", labels, shifted, classes=("a", "b"))],
-                     tmp_path, "checks.performance.n_boot=50")
+                     tmp_path, "checks.performance.n_boot=100")
     assert result.status == Status.WARN
 
 
 def test_low_reference_accuracy_fails(tmp_path):
     labels = np.array([0, 1, 0, 1])
     result, _ = _run([_view("heldout", "heldout", labels, 1 - labels, classes=("a", "b"))],
-                     tmp_path, "checks.performance.n_boot=20")
+                     tmp_path, "checks.performance.n_boot=100")
     assert result.status == Status.FAIL
 
 

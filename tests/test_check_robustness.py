@@ -20,6 +20,7 @@ from audit.checks.robustness import (
 )
 from audit.corruptions import CORRUPTIONS
 from audit.data import read_images
+from audit.errors import UsageError
 from audit.results import Status
 
 CLASSES = ("a", "b")
@@ -131,22 +132,29 @@ def test_check_is_deterministic_and_subsamples(setup, tmp_path):
     assert a == b
 
 
-def test_status_follows_thresholds(setup, tmp_path):
-    result, _ = _run(setup, tmp_path, "checks.robustness.max_drop_warn=-2.0",
-                     "checks.robustness.max_drop_fail=-2.0")
-    assert result.status == Status.FAIL
-    assert result.metrics["status_drop"]["severity"] == 1
+def test_status_follows_thresholds():
+    # Thresholds are fractions in [0, 1], so the logic is driven with planted accuracies.
+    cfg = {"severity_for_status": 2, "max_drop_warn": 0.10, "max_drop_fail": 0.30}
+    names, severities = ["blur", "noise"], [1, 2, 5]
+    for planted, expected in ((0.05, Status.PASS), (0.20, Status.WARN), (0.40, Status.FAIL)):
+        accuracy = np.full((2, 3), 0.9)
+        accuracy[1, 1] = 0.9 - planted                    # noise at severity 2: the worst mild one
+        accuracy[0, 2] = 0.0                               # severity 5 is beyond the status range
+        metrics = {"mean_rce": 0.1}
+        status, text = RobustnessCheck._status(cfg, metrics, names, severities, accuracy, 0.9)
+        assert status == expected
+        assert metrics["status_drop"] == {"corruption": "noise", "severity": 2,
+                                          "drop": pytest.approx(planted)}
 
 
 def test_without_model_or_with_unknown_corruption(setup, tmp_path):
     ref, shifted, predictor = setup
     result = RobustnessCheck().run(make_context([ref], tmp_path=tmp_path))
     assert result.status == Status.SKIP
-    ctx = make_context([ref], tmp_path=tmp_path, predictor=predictor,
-                       overrides=['checks.robustness.corruptions=["no_such_thing"]'])
-    with pytest.raises(ValueError, match="no_such_thing"):
-        RobustnessCheck().run(ctx)
-    ctx = make_context([ref], tmp_path=tmp_path, predictor=predictor,
-                       overrides=["checks.robustness.severities=[0, 7]"])
-    with pytest.raises(ValueError, match="severities"):
-        RobustnessCheck().run(ctx)
+    # Bad options are refused when the config is read, before any image is touched.
+    with pytest.raises(UsageError, match="no_such_thing"):
+        make_context([ref], tmp_path=tmp_path, predictor=predictor,
+                     overrides=['checks.robustness.corruptions=["no_such_thing"]'])
+    with pytest.raises(UsageError, match="severities"):
+        make_context([ref], tmp_path=tmp_path, predictor=predictor,
+                     overrides=["checks.robustness.severities=[0, 7]"])
