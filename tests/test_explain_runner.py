@@ -104,11 +104,15 @@ def test_same_seed_same_explanations(setup, tmp_path):
     assert _without_timing(first) == _without_timing(second)
 
 
-def test_a_broken_method_is_reported_and_the_others_still_run(setup, tmp_path):
+def test_a_broken_method_is_reported_and_the_others_still_run(setup, tmp_path, monkeypatch):
+    from audit.explain.lime_segments import Lime
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("segmenter unavailable")
+    monkeypatch.setattr(Lime, "from_config", classmethod(broken))
     result, _ = _run(setup, tmp_path, ["explain.methods=['gradcam', 'lime']",
-                                       "explain.lime_num_samples=5", "explain.sanity=false",
-                                       "explain.stability=false"])
-    assert "num_samples must be >= 10" in result["methods"]["lime"]["error"]
+                                       "explain.sanity=false", "explain.stability=false"])
+    assert "segmenter unavailable" in result["methods"]["lime"]["error"]
     for entry in result["datasets"].values():
         assert "error" in entry["methods"]["lime"]
         assert entry["methods"]["gradcam"]["sanity"] is None
@@ -120,9 +124,10 @@ def test_without_a_model_or_with_an_unknown_method(setup, tmp_path):
     views, _ = setup
     ctx = make_context(views, tmp_path=tmp_path, predictor=None)
     assert explain_audit(ctx)["skipped"] == "no model to explain"
-    with pytest.raises(UsageError, match=r"methods: unknown method\(s\) \['occlusion'\]"):
+    with pytest.raises(UsageError,
+                       match=r"explain.methods: expected .*received \['gradcam', 'occlusion'\]"):
         _run(setup, tmp_path, ["explain.methods=['gradcam', 'occlusion']"])
-    with pytest.raises(UsageError, match="stability_corruptions: unknown \\['snow'\\]"):
+    with pytest.raises(UsageError, match=r"explain.stability_corruptions: expected .*received \['snow'\]"):
         _run(setup, tmp_path, ["explain.stability_corruptions=['snow']"])
-    with pytest.raises(UsageError, match="faithfulness_baseline must be one of"):
+    with pytest.raises(UsageError, match=r"explain.faithfulness_baseline: expected one of .*'zeros'"):
         _run(setup, tmp_path, ["explain.faithfulness_baseline=zeros"])
