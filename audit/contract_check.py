@@ -7,7 +7,8 @@ reference set (64 images by default) the declared contract is scored, and with i
 resize modes; when the declared contract is no better than always answering the commonest
 class, or puts almost every image in one class, every candidate (scaling x resize x channel
 order) is scored too. `audit run` stops (exit 2) when the declared contract looks like that
-and another candidate is far better, naming the options to use; `--force` audits anyway.
+and another candidate is far better and itself better than chance, naming the options to
+use; `--force` audits anyway.
 `audit inspect --data` scores every candidate and recommends the best.
 
 Decisions use exact tests on the sample: the declared accuracy against the majority-class rate
@@ -154,11 +155,17 @@ def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, 
     best = max(others, key=lambda c: c.accuracy) if others else declared
     p_best = _mcnemar(hits[(best.preprocess, best.resize, best.channel_order)], hits[key])
     margin = best.accuracy - declared.accuracy
+    # A better candidate is evidence of a mis-set contract only if it beats chance itself: a
+    # broken model that does worse than chance as declared can do merely as well as always
+    # answering the commonest class under another scaling, and is then a bad model, not a
+    # mis-fed one.
+    best_beats_chance = binomtest(round(best.accuracy * n), n, majority,
+                                  alternative="greater").pvalue < _CHANCE_ALPHA
     contract = loaded.contract
     described = (f"with --preprocess {declared.preprocess} "
                  f"({contract.sources.get('preprocess', 'declared')}) and --resize "
                  f"{declared.resize} ({contract.sources.get('resize', 'declared')})")
-    if suspect and margin >= _STOP_MARGIN and p_best < _STOP_ALPHA:
+    if suspect and best_beats_chance and margin >= _STOP_MARGIN and p_best < _STOP_ALPHA:
         what = (f"calls {100 * declared.top_class_share:.0f}% of them {declared.top_class}"
                 if declared.top_class_share >= _ONE_CLASS_SHARE else
                 f"is no better than always answering the commonest class "
@@ -168,7 +175,7 @@ def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, 
             f"images right and {what}; {best.flags()} gets {100 * best.accuracy:.0f}%. "
             f"Declare the model's input contract ({best.flags()}), or use --force to audit "
             "it as declared")
-    elif margin >= _WARN_MARGIN and p_best < _WARN_ALPHA:
+    elif best_beats_chance and margin >= _WARN_MARGIN and p_best < _WARN_ALPHA:
         verdict, message = "warning", (
             f"{described} the model gets {100 * declared.accuracy:.0f}% of {n} reference "
             f"images right, but {best.flags()} gets {100 * best.accuracy:.0f}%: check how the "
