@@ -489,6 +489,7 @@ def performance_section(audit: Mapping, assets=None) -> dict:
         sets.append({
             "name": name, "role": d.get("role", ""), "n": d.get("n"),
             "resampling": d.get("resampling"), "n_groups": d.get("n_groups"),
+            "groups_from": d.get("groups_from"),
             "accuracy": d.get("accuracy"), "balanced_accuracy": d.get("balanced_accuracy"),
             "macro_f1": d.get("macro_f1"), "macro_auc": d.get("macro_auc"),
             "gap": _get(m, "gap", name), "per_class": per_class,

@@ -215,3 +215,28 @@ def test_report_shows_the_groups_with_thumbnails(audited, tmp_path):
     # the verdict's ranked list opens with it
     ranked = html[html.index("All findings, most important first"):]
     assert re.search(r'<li value="1">monocyte: 60 images in site_b, at most \d distinct', ranked)
+
+
+def test_other_checks_resample_the_discovered_groups(audited, tmp_path):
+    from audit.checks.performance import PerformanceCheck
+
+    ctx, _, data = audited
+    site_b = ctx.views["site_b"]
+    assert not site_b.has_group_column and site_b.groups is not None
+    metrics = PerformanceCheck().run(ctx).metrics["datasets"]["site_b"]
+    assert metrics["resampling"] == "groups" and metrics["groups_from"] == "discovered sources"
+    assert metrics["n_groups"] == data["metrics"]["datasets"]["site_b"]["sources"]["n_groups"]
+    # 36 of 60 monocytes right, but in 3 of 5 cells: the interval is that of about 5 cells
+    recall = metrics["per_class"]["monocyte"]["recall"]
+    assert recall["value"] == pytest.approx(0.6) and recall["high"] - recall["low"] > 0.6
+
+
+def test_bad_value_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys):
+    from audit.cli import main
+
+    code = main(["run", "--model", str(tmp_path / "m.keras"), "--data", f"heldout={tmp_path}",
+                 "--out", str(tmp_path / "out"),
+                 "--set", "checks.leakage.source_groups_max_images=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: checks.leakage.source_groups_max_images: expected a "
+                                 "whole number >= 10, received 3"]

@@ -58,7 +58,7 @@ from audit.checks.base import AuditContext, Check, DatasetView, register
 from audit.checks.source_copies import (
     HOW_TO_ENABLE,
     SourceDiscovery,
-    discover_sources,
+    attach_sources,
     few_cell_classes,
     groups_summary,
     verified_copies,
@@ -446,7 +446,7 @@ class LeakageCheck(Check):
         datasets = {name: {"role": v.role, "n": len(v), "against": {}}
                     for name, v in ctx.views.items()}
         arrays, groups, within, search_by_pair = {}, {}, {}, {}
-        sources = discover_sources(ctx, cfg, check=self.name) if cfg["source_groups"] else None
+        sources = attach_sources(ctx, check=self.name) if cfg["source_groups"] else None
         for q_name, r_name in pairs:
             q, r = ctx.views[q_name], ctx.views[r_name]
             thresholds = _thresholds(sets[q_name], sets[r_name], cfg,
@@ -472,7 +472,7 @@ class LeakageCheck(Check):
                 within[q_name] = {"embedding": m.cosine, "hash": m.hash_distance}
                 clusters = m.clusters()
                 groups[q_name], datasets[q_name]["bootstrap_groups"] = _bootstrap_groups(
-                    q, clusters, sources)
+                    q, clusters)
                 n_unique = int(clusters.max() + 1) if len(q) else 0
                 entry.update(n_unique=n_unique, effective_share=n_unique / max(len(q), 1))
             if q.role != "train":
@@ -528,16 +528,14 @@ class LeakageCheck(Check):
                            artifacts={"matches": ctx.save_artifact("leakage", **arrays)})
 
 
-def _bootstrap_groups(view: DatasetView, clusters: np.ndarray,
-                      sources: SourceDiscovery | None) -> tuple[np.ndarray, str]:
+def _bootstrap_groups(view: DatasetView, clusters: np.ndarray) -> tuple[np.ndarray, str]:
     """The groups a set's intervals resample: its group column, else its discovered source
-    groups (when every image was examined), else its near-duplicate clusters."""
-    if view.groups is not None:
+    groups (`attach_sources`: when every image was examined), else its near-duplicate
+    clusters."""
+    if view.has_group_column:
         return view.groups, "group column"
-    discovered = sources.sets.get(view.name) if sources is not None else None
-    labels = discovered.group_labels() if discovered is not None else None
-    if labels is not None:
-        return labels, "discovered sources"
+    if view.discovered_groups is not None:
+        return view.discovered_groups, "discovered sources"
     return clusters, "near-duplicate clusters"
 
 

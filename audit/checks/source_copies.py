@@ -19,7 +19,7 @@ the near-duplicate and set-level signals already flag. Switched on, it is bounde
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from audit.groups.features import Keypoints, extract_keypoints
 from audit.stats import rate_ci
 
 __all__ = ["HOW_TO_ENABLE", "FEW_CELLS_COPY_RATIO", "SetSources", "SourceDiscovery",
-           "discover_sources", "examined_indices", "groups_summary", "verified_copies",
+           "attach_sources", "discover_sources", "examined_indices", "groups_summary", "verified_copies",
            "few_cell_classes"]
 
 HOW_TO_ENABLE = ("--set checks.leakage.source_groups=true (or [checks.leakage] source_groups "
@@ -106,6 +106,21 @@ def discover_sources(ctx: AuditContext, cfg: dict, *, check: str) -> SourceDisco
                     q.keypoints, train.keypoints, view.labels[q.examined],
                     ctx.train.labels[train.examined], config=config)
     return SourceDiscovery(config, sets, matches)
+
+
+def attach_sources(ctx: AuditContext, *, check: str = "leakage") -> SourceDiscovery:
+    """Discover source groups once per audit (`ctx.sources`) and give every set without a
+    group column that was examined whole its discovered groups, so every check's intervals
+    resample cells rather than images. The runner calls this before any check runs; the
+    leakage check calls it when run on its own."""
+    if ctx.sources is None:
+        ctx.sources = discover_sources(ctx, ctx.check_config(check), check=check)
+    for name, found in ctx.sources.sets.items():
+        view = ctx.views[name]
+        labels = found.group_labels()
+        if not view.has_group_column and labels is not None:
+            ctx.views[name] = replace(view, discovered_groups=labels)
+    return ctx.sources
 
 
 def _relative(view: DatasetView, index: int) -> str:
