@@ -240,3 +240,26 @@ def test_bad_value_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: checks.leakage.source_groups_max_images: expected a "
                                  "whole number >= 10, received 3"]
+
+
+def test_audit_run_discovers_groups_before_the_checks(tiny_model, synthetic_sites, tmp_path):
+    from audit.cli import main
+
+    out = tmp_path / "audit"
+    assert main(["run", "--model", str(tiny_model), "--data",
+                 f"heldout={synthetic_sites['heldout']}", "--data",
+                 f"train={synthetic_sites['train']}", "--out", str(out),
+                 "--checks", "performance,leakage", "--no-explain", "--no-report",
+                 "--set", 'audit.cache_dir=""', "--set", "checks.leakage.source_groups=true",
+                 "--set", "checks.leakage.source_groups_image_size=64",
+                 "--set", "checks.leakage.n_boot=100",
+                 "--set", "checks.performance.n_boot=100"]) in (0, 1)
+    audit = json.loads((out / "audit.json").read_text())
+    assert "source_groups" in audit["timings"]
+    leakage = audit["checks"]["leakage"]["metrics"]
+    assert leakage["source_groups"]["run"] and "sources" in leakage["datasets"]["heldout"]
+    performance = audit["checks"]["performance"]["metrics"]["datasets"]["heldout"]
+    assert performance["groups_from"] == "discovered sources"
+    # the gate resamples the same groups
+    with np.load(out / audit["datasets"]["heldout"]["predictions"]) as arrays:
+        assert len(np.unique(arrays["groups"])) == performance["n_groups"]
