@@ -43,6 +43,13 @@ nearer than its nearest other image in the set itself (0% there; 80% on kaggle's
 split, where the estimate is 80%). The cap only lowers the estimate; for same-site splits
 the reference (usually larger) often holds the nearer image without copies, so it rarely
 binds there.
+
+With `source_groups` on (off by default: about 0.1 s per image), keypoint matching with
+geometric verification (`audit.checks.source_copies`, `audit.groups`) says which images are
+copies: each evaluation set's share with a verified copy in train and accuracy with and
+without one (`verified`), its source groups (`sources`: how many distinct cells stand behind
+each class; a class on a handful of cells is a `few_cells` finding, ranked first), and the
+discovered groups as every check's bootstrap groups where a set has no group column.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ def few_cells_findings(check: str, few_cells: dict[str, list[dict]]) -> list[Fin
             out.append(Finding(
                 check=check, dataset=name, kind="few_cells",
                 impact=float(1.0 - c["cells"] / max(c["images"], 1)),
-                text=(f"{c['class']}: {where}, at most {c['cells']} distinct cells: its recall "
+                text=(f"{c['class']}: {where}, at most {c['cells']} distinct "
+                      f"cell{'s' if c['cells'] != 1 else ''}: its recall "
                       f"{_ci(c['recall'])}, counting cells rather than images, says little "
                       f"about {c['class']} cells in general."),
                 action=_FEW_CELLS_ACTION, evidence=dict(c)))
@@ -78,9 +79,11 @@ def verified_leak_findings(check: str, ctx: AuditContext, datasets: dict,
         without = entry["accuracy"]["without_copy"]
         examined = _accuracy_of(entry)
         acc_without = without["value"] if without else float("nan")
-        base = (f"{pct(share)} of {view.name} images have a copy in {train.name} verified by "
-                f"keypoint matching; accuracy {_ci(with_copy)} on those, {_ci(without)} on "
-                f"the others")
+        # a sample of train can miss the source of a copy: then the share is a lower bound
+        least = "at least " if entry["reference_sampled"] else ""
+        base = (f"{least}{pct(share)} of {view.name} images have a copy in {train.name} "
+                f"verified by keypoint matching; accuracy {_ci(with_copy)} on those, "
+                f"{_ci(without)} on the others")
         evidence = {"verified": {k: entry[k] for k in ("share", "accuracy", "n_examined",
                                                        "sampled", "reference_sampled")}}
         if view.role == "shifted":
