@@ -422,8 +422,8 @@ class LeakageCheck(Check):
         "min_ci_n": 10,              # fewer images: accuracy without an interval
         # Source groups (audit.checks.source_copies): keypoint matching with geometric
         # verification finds copies that rotation, shift and shear hide from hashes and
-        # embeddings. Off by default: about 0.1 s per image (an ordinary audit would take
-        # ten times longer); on, it is bounded by `source_groups_max_images` per set.
+        # embeddings. Off by default: about 0.1 s per image, +75% on the PBC case-study
+        # audit (source_copies docstring); on, bounded by `source_groups_max_images` per set.
         "source_groups": False,
         "source_groups_max_images": 2000,  # per set; beyond it, a seeded sample
         "source_groups_image_size": 224,   # px at which keypoints are found (not the model's)

@@ -8,12 +8,14 @@ of its intervals) and, when a training set is given, its verified copies in trai
 (`match_sources`: the share with a copy, accuracy with and without one).
 
 Off by default (`source_groups = false`). Discovery costs about 0.1 s per image on 2 CPU
-cores at 224 px (2,000 images: about 207 s, bench/bench_groups.py), against about 2 s for all
-the other leakage work on such a set; switched on for every audit it would multiply the
-cost of an ordinary run by ten or more, for a problem (sets built from augmented copies) that
-the near-duplicate and set-level signals already flag. Switched on, it is bounded: at most
-`source_groups_max_images` images per set, a seeded sample beyond that (said in audit.json as
-`examined` and `sampled`), so its cost is bounded too.
+cores at 224 px on real crops (2,000 images: about 207 s, bench/bench_groups.py; 0.04 s on
+the simpler synthetic cells), against under 2 s for all the other leakage work on such sets.
+The PBC case-study audit (1,851 images, docs/case-study.md) takes 248 s; discovery would add
+about 185 s (75%) to it, and about 17 minutes to an audit of 10,000 images, on every run, for
+a problem (sets built from augmented copies) that the near-duplicate and set-level signals
+already flag when it is large. The report says it was not run and how to turn it on.
+Switched on, it is bounded: at most `source_groups_max_images` images per set, a sample
+seeded from the audit seed beyond that (`examined`, `sampled` in audit.json).
 """
 
 from __future__ import annotations
