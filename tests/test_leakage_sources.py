@@ -122,6 +122,12 @@ def test_verified_share_of_copies_in_train_matches_the_truth(audited):
     assert datasets["site_b"]["against"]["train"]["verified"]["share"]["value"] <= 0.05
     assert data["metrics"]["verified_leaked_share"] == pytest.approx(held["share"]["value"])
     assert "verified by keypoint matching" in data["summary"]
+    # per image, random hashes match nothing; the verified copies explain the gap to site_b
+    # (all copies right, the others at 50%, like site_b)
+    assert data["metrics"]["leaked_share"] == 0.0 and data["status"] == "FAIL"
+    leak = [f for f in data["findings"] if f["kind"] == "train_leak"]
+    assert len(leak) == 1 and leak[0]["dataset"] == "site_b"
+    assert "verified by keypoint matching" in leak[0]["text"] and leak[0]["gap_share"] > 0.5
 
 
 def test_a_class_of_copies_of_five_cells_is_the_first_ranked_finding(audited):
