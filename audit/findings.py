@@ -7,6 +7,10 @@ remainder only knows its own image factors: before it is ranked, the shares that
 explain of the same gap (leakage's copies; prior shift when the attribution did not include
 class proportions) are subtracted from it, and it never ranks above a measured cause.
 Findings without a measured share follow, by `impact` (accuracy points at stake).
+
+Before all of them: findings that say a measurement itself is empty (`FIRST_RANK_KINDS`). A
+class whose images are copies of a handful of cells has a recall measured on those cells,
+however many images it shows; every cause ranked below is read off such rates.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ from dataclasses import replace
 
 from audit.results import CheckResult, Finding
 
-__all__ = ["rank_findings", "REMAINDER_KINDS", "adjust_remainders"]
+__all__ = ["rank_findings", "REMAINDER_KINDS", "FIRST_RANK_KINDS", "adjust_remainders"]
 
 REMAINDER_KINDS = frozenset({"attribution_unexplained"})
+FIRST_RANK_KINDS = frozenset({"few_cells"})  # leakage: a class resting on a handful of cells
 # Measured causes outside the attribution's image factors, by kind; "priors" marks the one the
 # attribution measures itself when its factors include class proportions.
 _EXTERNAL_CAUSES = {"train_leak": None, "prior_shift": "priors"}
 
 
 def _tier(finding: Finding) -> int:
+    if finding.kind in FIRST_RANK_KINDS:
+        return -1
     if finding.gap_share is None:
         return 2
     return 1 if finding.kind in REMAINDER_KINDS else 0
@@ -68,8 +75,8 @@ _CAUSE_NOUNS = {"train_leak": "what copies of training images explain",
 
 
 def rank_findings(results: dict[str, CheckResult]) -> list[Finding]:
-    """All findings in one ranking: measured causes by share, then unexplained remainders
-    (adjusted for what other checks explain), then the rest by impact. Sorting is stable, so
+    """All findings in one ranking: first-rank kinds, measured causes by share, then
+    unexplained remainders (adjusted for what other checks explain), then the rest by impact. Sorting is stable, so
     equal findings keep check order."""
     findings = [f for result in results.values() for f in result.findings]
     return sorted(adjust_remainders(findings), key=_key)

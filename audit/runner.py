@@ -159,12 +159,14 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
         ctx = AuditContext(views=views, class_names=class_names, config=config,
                            seed=int(settings["seed"]), artifacts_dir=staging / "artifacts",
                            image_size=image_size, predictor=predictor, resize=contract.resize)
-        prediction_files = {name: _save_predictions(ctx, view) for name, view in views.items()}
         registry = load_builtin_checks()
         selected = settings["checks"] or list(registry)
         unknown = sorted(set(selected) - set(registry))
         if unknown:
             raise UsageError(f"[audit] checks: unknown check(s) {unknown}; known: {list(registry)}")
+        if "leakage" in selected and config["checks"]["leakage"]["source_groups"]:
+            timings["source_groups"] = _attach_sources(ctx)
+        prediction_files = {name: _save_predictions(ctx, view) for name, view in views.items()}
         for name in selected:
             ctx.results[name] = _run_check(registry[name](), ctx)
             timings[f"check.{name}"] = ctx.results[name].seconds
@@ -203,6 +205,22 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
         if settings["report"]:
             _render_report(staging)
     return result
+
+
+def _attach_sources(ctx: AuditContext) -> float:
+    """Discover source groups before any check, so that every check's intervals (and the
+    predictions artifact the gate resamples) count discovered cells, not images. A failure
+    here is left to the leakage check, which retries and reports it as its ERROR."""
+    from audit.checks.source_copies import attach_sources
+
+    status("discovering source groups (checks.leakage.source_groups)")
+    t0 = time.perf_counter()
+    try:
+        attach_sources(ctx)
+    except Exception as exc:  # noqa: BLE001 - the leakage check reports it
+        status(f"source-group discovery failed ({type(exc).__name__}: {exc}); "
+               "the leakage check will report it")
+    return time.perf_counter() - t0
 
 
 def _save_predictions(ctx: AuditContext, view: DatasetView) -> str:

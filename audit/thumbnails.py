@@ -1,9 +1,9 @@
 """Small copies of the images the report shows, so the report renders without the dataset.
 
 Per dataset: the first few images of each class (the report's dataset gallery), the most
-confident errors (its error gallery) and both sides of near-copy examples (its leakage
-section), each at most `THUMBNAIL_SIZE` pixels, in `artifacts/thumbnails_<name>.npz` with
-their dataset-relative paths.
+confident errors (its error gallery) and both sides of near-copy examples and of verified
+source-copy pairs (its leakage section), each at most `THUMBNAIL_SIZE` pixels, in
+`artifacts/thumbnails_<name>.npz` with their dataset-relative paths.
 """
 
 from __future__ import annotations
@@ -37,9 +37,17 @@ def _wanted(ctx: AuditContext, name: str) -> list[str]:
                         wanted.append(example.get("path"))
                     if other == name:
                         wanted.append(example.get("match_path"))
+                verified = (comparison.get("verified") or {}).get("examples") or []
+                for example in verified:  # verified copies (source groups) in training
+                    if query == name:
+                        wanted.append(example.get("path"))
+                    if other == name:
+                        wanted.append(example.get("match_path"))
             if query == name:
                 for example in (entry.get("within") or {}).get("examples") or []:
                     wanted += [example.get("path"), example.get("match_path")]
+                for pair in (entry.get("sources") or {}).get("sample") or []:
+                    wanted += [pair.get("path"), pair.get("match_path")]
     return list(dict.fromkeys(p for p in wanted if p))
 
 

@@ -489,6 +489,7 @@ def performance_section(audit: Mapping, assets=None) -> dict:
         sets.append({
             "name": name, "role": d.get("role", ""), "n": d.get("n"),
             "resampling": d.get("resampling"), "n_groups": d.get("n_groups"),
+            "groups_from": d.get("groups_from"),
             "accuracy": d.get("accuracy"), "balanced_accuracy": d.get("balanced_accuracy"),
             "macro_f1": d.get("macro_f1"), "macro_auc": d.get("macro_auc"),
             "gap": _get(m, "gap", name), "per_class": per_class,
@@ -602,7 +603,61 @@ def leakage_section(audit: Mapping, assets=None) -> dict:
     return {"available": True, "reason": "", **_check_header(result),
             "criteria": ", or ".join(criteria), "leaked_share": m.get("leaked_share"),
             "cross": cross, "within": within, "examples": examples,
+            "sources": _source_groups(m, assets),
             "findings": _findings_of(audit, "leakage")}
+
+
+SOURCE_PAIRS = 6  # verified pairs shown per set
+
+
+def _source_groups(m: Mapping, assets) -> dict:
+    """Discovered source groups (checks.leakage.source_groups): per set how many groups and
+    their sizes, distinct cells per class, verified copies in training, and pictures of
+    verified pairs so a reviewer can see the groups are real; or how to turn it on."""
+    state = m.get("source_groups") or {}
+    if not state.get("run"):
+        return {"run": False, "how_to_enable": state.get("how_to_enable") or
+                "--set checks.leakage.source_groups=true"}
+    sets, classes, copies, galleries = [], {}, [], []
+    for name, d in (m.get("datasets") or {}).items():
+        src = d.get("sources")
+        if not isinstance(src, Mapping):
+            continue
+        sizes = src.get("sizes") or {}
+        sets.append({"name": name, "n": src.get("n_images"), "examined": src.get("examined"),
+                     "sampled": src.get("sampled"), "n_groups": src.get("n_groups"),
+                     "singletons": sizes.get("singletons"), "median": sizes.get("median"),
+                     "p90": sizes.get("p90"), "max": sizes.get("max"),
+                     "threshold": src.get("threshold"),
+                     "bootstrap_groups": d.get("bootstrap_groups")})
+        few = {c.get("class") for c in src.get("few_cells") or []}
+        for cls, counts in (src.get("per_class") or {}).items():
+            classes.setdefault(cls, {})[name] = {**counts, "few": cls in few}
+        pairs = (assets.copy_pairs(name, name, src.get("sample") or [], limit=SOURCE_PAIRS,
+                                   size=THUMBNAIL_PIXELS) if assets is not None else [])
+        galleries.append({"query": name, "against": name, "pairs": pairs,
+                          "n_listed": len(src.get("sample") or [])})
+        for other, entry in (d.get("against") or {}).items():
+            v = entry.get("verified")
+            if not isinstance(v, Mapping):
+                continue
+            accuracy = v.get("accuracy") or {}
+            copies.append({"query": name, "against": other, "n_examined": v.get("n_examined"),
+                           "n_with_copy": v.get("n_with_copy"), "share": v.get("share"),
+                           "sampled": v.get("sampled") or v.get("reference_sampled"),
+                           "with_copy": accuracy.get("with_copy"),
+                           "without_copy": accuracy.get("without_copy")})
+            pairs = (assets.copy_pairs(name, other, v.get("examples") or [],
+                                       limit=SOURCE_PAIRS, size=THUMBNAIL_PIXELS)
+                     if assets is not None else [])
+            galleries.append({"query": name, "against": other, "pairs": pairs,
+                              "n_listed": len(v.get("examples") or [])})
+    names = [s["name"] for s in sets]
+    return {"run": True, "max_images": state.get("max_images"),
+            "few_cells_max": state.get("few_cells_max"), "sets": sets, "set_names": names,
+            "classes": [{"name": cls, "cells": [by_set.get(n) for n in names]}
+                        for cls, by_set in classes.items()],
+            "copies": copies, "galleries": [g for g in galleries if g["n_listed"]]}
 
 
 # ---------------------------------------------------------------- 7. shift

@@ -183,16 +183,22 @@ class Assets:
 
     def copy_pairs(self, query: str, against: str, examples: Sequence[Mapping], *, limit: int,
                    size: int) -> list[dict]:
-        """Side-by-side image pairs of near-copies (those still on disk), up to `limit`."""
+        """Side-by-side image pairs of near-copies or verified source copies (those whose
+        thumbnails or files are at hand), up to `limit`."""
         out = []
         for e in examples:
             left = self.image(query, e.get("path", ""), size)
             right = self.image(against, e.get("match_path", ""), size)
             if left is None or right is None:
                 continue
-            how = ("identical files" if e.get("exact") else
-                   f"hash distance {e.get('hash_distance')}, cosine "
-                   f"{ctx.num(e.get('cosine'), 2)}")
+            if e.get("inliers") is not None:  # a pair verified by keypoint matching
+                how = (f"{e['inliers']} keypoint inliers"
+                       + (", matched mirrored" if e.get("mirrored") else ""))
+            elif e.get("exact"):
+                how = "identical files"
+            else:
+                how = (f"hash distance {e.get('hash_distance')}, cosine "
+                       f"{ctx.num(e.get('cosine'), 2)}")
             out.append({"uri": figures.image_strip([left, right], size=size), "how": how,
                         "alt": f"An image of {query} ({e.get('path')}) beside its near-copy in "
                                f"{against} ({e.get('match_path')}): {how}."})

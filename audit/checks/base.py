@@ -33,6 +33,9 @@ class DatasetView:
     role: str
     dataset: Dataset
     outputs: DatasetOutputs
+    # Source groups found by keypoint matching (checks.leakage.source_groups), used where
+    # the dataset has no group column of its own.
+    discovered_groups: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -56,7 +59,15 @@ class DatasetView:
 
     @property
     def groups(self) -> np.ndarray | None:
-        return None if self.dataset.groups is None else np.asarray(self.dataset.groups)
+        """What intervals resample: the dataset's group column, else discovered source
+        groups, else None (images)."""
+        if self.dataset.groups is not None:
+            return np.asarray(self.dataset.groups)
+        return self.discovered_groups
+
+    @property
+    def has_group_column(self) -> bool:
+        return self.dataset.groups is not None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -78,6 +89,7 @@ class AuditContext:
     predictor: object | None = None
     results: dict[str, CheckResult] = field(default_factory=dict)
     resize: str = "crop"
+    sources: object | None = None  # audit.checks.source_copies.SourceDiscovery, when run
 
     def read_images(self, paths, size: int | None = None) -> np.ndarray:
         """Decode `paths` the model's way, at the input size (or `size`, e.g. thumbnails)."""

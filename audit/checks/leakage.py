@@ -43,6 +43,13 @@ nearer than its nearest other image in the set itself (0% there; 80% on kaggle's
 split, where the estimate is 80%). The cap only lowers the estimate; for same-site splits
 the reference (usually larger) often holds the nearer image without copies, so it rarely
 binds there.
+
+With `source_groups` on (off by default: about 0.1 s per image), keypoint matching with
+geometric verification (`audit.checks.source_copies`, `audit.groups`) says which images are
+copies: each evaluation set's share with a verified copy in train and accuracy with and
+without one (`verified`), its source groups (`sources`: how many distinct cells stand behind
+each class; a class on a handful of cells is a `few_cells` finding, ranked first), and the
+discovered groups as every check's bootstrap groups where a set has no group column.
 """
 
 from __future__ import annotations
@@ -55,6 +62,15 @@ import numpy as np
 from scipy.stats import mannwhitneyu
 
 from audit.checks.base import AuditContext, Check, DatasetView, register
+from audit.checks.source_copies import (
+    HOW_TO_ENABLE,
+    SourceDiscovery,
+    attach_sources,
+    few_cell_classes,
+    groups_summary,
+    verified_copies,
+)
+from audit.checks.source_findings import few_cells_findings, verified_leak_findings
 from audit.duplicates import (
     DEFAULT_MAX_DISTANCE,
     Matches,
@@ -69,7 +85,7 @@ from audit.duplicates import (
     nearest_hash_matches,
 )
 from audit.neighbors import EXACT_MAX_PAIRS, SET_LEVEL_MAX_REFS, nearest_cosine, nearest_hamming
-from audit.options import between, count, fraction
+from audit.options import between, count, fraction, one_of
 from audit.results import CheckResult, Finding, Status
 from audit.stats import bootstrap_ci
 
@@ -404,12 +420,26 @@ class LeakageCheck(Check):
         "set_level_alpha": 0.01,     # Mann-Whitney p below this: the CI's lower bound counts
         "set_level_min_n": 20,       # fewer images with both values: no estimate
         "min_ci_n": 10,              # fewer images: accuracy without an interval
+        # Source groups (audit.checks.source_copies): keypoint matching with geometric
+        # verification finds copies that rotation, shift and shear hide from hashes and
+        # embeddings. Off by default: about 0.1 s per image, +75% on the PBC case-study
+        # audit (source_copies docstring); on, bounded by `source_groups_max_images` per set.
+        "source_groups": False,
+        "source_groups_max_images": 2000,  # per set; beyond it, a seeded sample
+        "source_groups_image_size": 224,   # px at which keypoints are found (not the model's)
+        # A class whose images come from at most this many discovered cells (copies at least
+        # doubling its size) is a first-rank finding: its recall says little about the class.
+        "few_cells_max": 10,
+        "max_group_pairs": 12,       # verified pairs per set kept for the report's thumbnails
     }
     LIMITS = {"max_hash_distance": count(0), "cosine_min": between(-1.0, 1.0),
               "max_null_rate": fraction(), "leak_share_warn": fraction(),
               "leak_share_fail": fraction(), "max_examples": count(0), "n_boot": count(100),
               "set_level_quantile": fraction(open_low=True), "set_level_alpha": fraction(open_low=True),
-              "set_level_min_n": count(2), "min_ci_n": count(2)}
+              "set_level_min_n": count(2), "min_ci_n": count(2),
+              "source_groups": one_of(True, False), "source_groups_max_images": count(10),
+              "source_groups_image_size": count(32), "few_cells_max": count(1),
+              "max_group_pairs": count(0)}
     ORDER = (("leak_share_warn", "leak_share_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
@@ -423,6 +453,7 @@ class LeakageCheck(Check):
         datasets = {name: {"role": v.role, "n": len(v), "against": {}}
                     for name, v in ctx.views.items()}
         arrays, groups, within, search_by_pair = {}, {}, {}, {}
+        sources = attach_sources(ctx, check=self.name) if cfg["source_groups"] else None
         for q_name, r_name in pairs:
             q, r = ctx.views[q_name], ctx.views[r_name]
             thresholds = _thresholds(sets[q_name], sets[r_name], cfg,
@@ -447,7 +478,8 @@ class LeakageCheck(Check):
             if q_name == r_name:
                 within[q_name] = {"embedding": m.cosine, "hash": m.hash_distance}
                 clusters = m.clusters()
-                groups[q_name] = q.groups if q.groups is not None else clusters
+                groups[q_name], datasets[q_name]["bootstrap_groups"] = _bootstrap_groups(
+                    q, clusters)
                 n_unique = int(clusters.max() + 1) if len(q) else 0
                 entry.update(n_unique=n_unique, effective_share=n_unique / max(len(q), 1))
             if q.role != "train":
@@ -463,12 +495,14 @@ class LeakageCheck(Check):
             for field in ("hash_index", "hash_distance", "embedding_index", "cosine",
                           "exact_index", "near_copy", "match_index"):
                 arrays[f"{_key(q_name)}__{_key(r_name)}__{field}"] = getattr(m, field)
+        few_cells = _add_sources(ctx, datasets, sources, cfg) if sources is not None else {}
         cross = [(q, r, d["against"][r]) for q, d in datasets.items() for r in d["against"]]
         leaked = max((e["share"] for _, _, e in cross), default=0.0)
         set_leaked = max((e["set_level"]["counted_share"] for _, _, e in cross), default=0.0)
-        worst = max(leaked, set_leaked)
+        verified = max((_verified_share(e) for _, _, e in cross), default=0.0)
+        worst = max(leaked, set_leaked, verified)
         status = (Status.FAIL if worst > cfg["leak_share_fail"] else
-                  Status.WARN if worst > cfg["leak_share_warn"] else Status.PASS)
+                  Status.WARN if worst > cfg["leak_share_warn"] or few_cells else Status.PASS)
         ref_set = sets[ctx.reference.name]
         metrics = {"max_hash_distance": int(cfg["max_hash_distance"]),
                    "hash_orientations": int(ref_set.hashes.shape[1]) if ref_set.hashes.ndim == 2
@@ -481,6 +515,8 @@ class LeakageCheck(Check):
                        for r, e in [(q, d["within"]), *d["against"].items()]
                        if e["thresholds"]["embeddings"] in ("uninformative", "class-clustered")],
                    "leaked_share": leaked, "set_level_leaked_share": set_leaked,
+                   "verified_leaked_share": verified if sources is not None else None,
+                   "source_groups": _sources_state(sources, cfg),
                    "neighbor_search": {"exact_max_pairs": EXACT_MAX_PAIRS,
                                        "set_level_max_refs": SET_LEVEL_MAX_REFS,
                                        "by_comparison": search_by_pair},
@@ -492,9 +528,58 @@ class LeakageCheck(Check):
             summary += (f" Embedding matching was off for {where}: in this model's embeddings "
                         "copies cannot be told from other images of the class (or of other "
                         "classes), so only identical files and perceptual hashes count there.")
-        return CheckResult(self.name, status, summary, metrics=metrics,
-                           findings=_findings(self.name, ctx, datasets, cfg),
+        findings = [*few_cells_findings(self.name, few_cells),
+                    *_findings(self.name, ctx, datasets, cfg),
+                    *verified_leak_findings(self.name, ctx, datasets, cfg)]
+        return CheckResult(self.name, status, summary, metrics=metrics, findings=findings,
                            artifacts={"matches": ctx.save_artifact("leakage", **arrays)})
+
+
+def _bootstrap_groups(view: DatasetView, clusters: np.ndarray) -> tuple[np.ndarray, str]:
+    """The groups a set's intervals resample: its group column, else its discovered source
+    groups (`attach_sources`: when every image was examined), else its near-duplicate
+    clusters."""
+    if view.has_group_column:
+        return view.groups, "group column"
+    if view.discovered_groups is not None:
+        return view.discovered_groups, "discovered sources"
+    return clusters, "near-duplicate clusters"
+
+
+def _add_sources(ctx: AuditContext, datasets: dict, sources: SourceDiscovery,
+                 cfg: dict) -> dict[str, list[dict]]:
+    """Source groups into each evaluation set's entry and verified copies into its comparison
+    with train; returns the classes resting on few cells, per set."""
+    few = {}
+    for view in ctx.evaluated:
+        found = sources.sets[view.name]
+        summary = groups_summary(view, found, max_pairs=int(cfg["max_group_pairs"]))
+        classes = few_cell_classes(view, found, max_cells=int(cfg["few_cells_max"]))
+        summary["few_cells"] = [{**c, "examined": summary["examined"],
+                                 "sampled": summary["sampled"]} for c in classes]
+        datasets[view.name]["sources"] = summary
+        if summary["few_cells"]:
+            few[view.name] = summary["few_cells"]
+        if view.name in sources.matches:
+            train = ctx.train
+            datasets[view.name]["against"][train.name]["verified"] = verified_copies(
+                view, train, found, sources.sets[train.name], sources.matches[view.name],
+                max_examples=int(cfg["max_examples"]))
+    return few
+
+
+def _verified_share(entry: dict) -> float:
+    share = (entry.get("verified") or {}).get("share")
+    return float(share["value"]) if share else 0.0
+
+
+def _sources_state(sources: SourceDiscovery | None, cfg: dict) -> dict:
+    """Whether source groups were discovered, with what settings, or how to turn them on."""
+    if sources is None:
+        return {"run": False, "how_to_enable": HOW_TO_ENABLE}
+    return {"run": True, "max_images": int(cfg["source_groups_max_images"]),
+            "image_size": int(cfg["source_groups_image_size"]),
+            "few_cells_max": int(cfg["few_cells_max"]), "config": sources.config.to_dict()}
 
 
 def _summary(ctx: AuditContext, datasets: dict, cross: list) -> str:
@@ -506,6 +591,8 @@ def _summary(ctx: AuditContext, datasets: dict, cross: list) -> str:
     return "; ".join(f"{_pct(e['share'])} of {q} images have a near-copy in {r}"
                      + (f" (about {_pct(e['set_level']['estimated_share'])} by nearest-neighbour "
                         "similarity)" if e["set_level"]["counted_share"] > e["share"] else "")
+                     + (f" ({_pct(_verified_share(e))} verified by keypoint matching)"
+                        if e.get("verified") else "")
                      for q, r, e in cross) + "."
 
 

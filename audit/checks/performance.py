@@ -101,6 +101,8 @@ def evaluate_set(view: DatasetView, class_names: tuple[str, ...], *, n_boot: int
                                                                  "_effective_n"),
                             "other": "percentile_bootstrap"},
         "n_groups": None if view.groups is None else len(np.unique(view.groups)),
+        "groups_from": (None if view.groups is None else "group column"
+                        if view.has_group_column else "discovered sources"),
         "accuracy": rate_ci(correct, groups=groups),
         **{key: _ci(point[key], boot[key]) for key in ("balanced_accuracy", "macro_f1")},
         "macro_auc": float(np.mean(defined_auc)) if defined_auc else None,
