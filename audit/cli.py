@@ -8,6 +8,7 @@ Each subcommand lives in `audit/commands/<name>.py` with `add_parser(subparsers)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -73,17 +74,43 @@ def _raise_terminated(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ chatter out
-    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     # SIGTERM unwinds like Ctrl-C while a command runs; the caller's handler comes back after
     # (main is also called from tests and notebooks).
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _main(argv)
+        with _warnings_as_lines():
+            return _main(argv)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Every warning of this command as one `warning: ...` line on stderr, each distinct
+    message once. Python's default filter shows a warning once per code location per
+    process, so a second command in the same process (a notebook, a test) would hide a bad
+    file the first one reported; the caller's warning settings come back after."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        # Python's own defaults (not a test runner's or a notebook's), then ours always.
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("always", module=r"(audit|model|reports)(\.|$)")
+        warnings.showwarning = show
+        yield
 
 
 def _main(argv: list[str] | None) -> int:

@@ -125,6 +125,17 @@ def test_run_warns_naming_the_file_and_strict_refuses(case, names, reason, corpu
     assert names in json.dumps(record["skipped"]) + json.dumps(record["notes"])
 
 
+def test_a_second_run_in_the_same_process_warns_again(corpus, tiny_model, tmp_path, capsys):
+    # A notebook or script that calls the CLI twice must hear about a bad file both times
+    # (Python shows a warning once per code location per process by default).
+    for attempt in ("first", "second"):
+        code, lines = _run(["run", "--model", str(tiny_model), "--data",
+                            f"heldout={corpus['zero_byte']}", "--out", str(tmp_path / attempt),
+                            *QUICK], capsys)
+        assert code in (0, 1)
+        assert [line for line in lines if "zero.jpg" in line and line.startswith("warning:")]
+
+
 def test_odd_but_readable_images_are_converted_silently(corpus, tiny_model, tmp_path, capsys):
     out = tmp_path / "audit"
     code, lines = _run(["run", "--model", str(tiny_model), "--data",
