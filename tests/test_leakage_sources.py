@@ -269,3 +269,22 @@ def test_audit_run_discovers_groups_before_the_checks(tiny_model, synthetic_site
     # the gate resamples the same groups
     with np.load(out / audit["datasets"]["heldout"]["predictions"]) as arrays:
         assert len(np.unique(arrays["groups"])) == performance["n_groups"]
+
+
+def test_verified_copies_replace_the_inferred_leak_findings(audited):
+    # Where keypoint matching measured copies per image, the leakage findings inferred from
+    # near-copies or from the similarity distribution give way to the measured ones.
+    import copy
+
+    from audit.checks.leakage import _findings
+
+    ctx, _, data = audited
+    cfg = ctx.check_config("leakage")
+    datasets = copy.deepcopy(data["metrics"]["datasets"])
+    inferred = datasets["heldout"]["against"]["train"]
+    inferred["share"] = 0.9                       # as if 90% had a near-copy by hash/embedding
+    inferred["accuracy"]["without_copy"] = {"value": 0.5, "low": 0.3, "high": 0.7, "n": 5}
+    unverified = copy.deepcopy(datasets)
+    del unverified["heldout"]["against"]["train"]["verified"]
+    assert [f.kind for f in _findings("leakage", ctx, unverified, cfg)].count("train_leak") >= 1
+    assert not [f for f in _findings("leakage", ctx, datasets, cfg) if f.kind == "train_leak"]

@@ -84,6 +84,9 @@ def verified_leak_findings(check: str, ctx: AuditContext, datasets: dict,
         base = (f"{least}{pct(share)} of {view.name} images have a copy in {train.name} "
                 f"verified by keypoint matching; accuracy {_ci(with_copy)} on those, "
                 f"{_ci(without)} on the others")
+        if without and without["n"] < 20:
+            base += (f" (only {without['n']} without a copy: how much copies lift accuracy "
+                     "cannot be measured)")
         evidence = {"verified": {k: entry[k] for k in ("share", "accuracy", "n_examined",
                                                        "sampled", "reference_sampled")}}
         if view.role == "shifted":
