@@ -21,7 +21,7 @@ from pathlib import Path
 from audit.errors import UsageError
 
 __all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "OutputError",
-           "writing_to", "check_writable"]
+           "check_writable"]
 
 # Errors that are about the disk, whichever file the library was writing when they struck.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -70,17 +70,6 @@ def _about(exc: OSError, staging: str) -> bool:
         return True
     name = getattr(exc, "filename", None)
     return bool(name) and os.path.abspath(os.fspath(name)).startswith(os.path.abspath(staging))
-
-
-@contextlib.contextmanager
-def writing_to(target: str | os.PathLike) -> Iterator[None]:
-    """Turn a disk error while writing `target` into an `OutputError` naming it."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in _DISK_ERRNOS or getattr(exc, "filename", None) is not None:
-            raise OutputError(target, exc) from None
-        raise
 
 
 @contextlib.contextmanager

@@ -106,10 +106,12 @@ def _raw_predictor(loaded, batch_size: int):
 
 
 def score_candidates(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,
-                     batch_size: int = 64, full: bool = True,
+                     batch_size: int = 64, full: bool = True, _reuse: dict | None = None,
                      ) -> tuple[list[CandidateScore], dict, np.ndarray]:
     """Scores of the declared contract first, then the other candidates: with `full`, every
-    scaling x resize x channel order; without, the other resize modes only."""
+    scaling x resize x channel order; without, the other resize modes only. `_reuse` (filled
+    by a first call on the same sample) keeps its decoded images and scores, so widening the
+    grid decodes and predicts only what is new."""
     contract = loaded.contract
     idx = stratified_subsample(dataset.labels, n_images, rng=np.random.default_rng([seed, 7]))
     paths = [dataset.paths[i] for i in idx]
@@ -120,10 +122,18 @@ def score_candidates(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES
     else:
         grid = [(contract.preprocess, r, contract.channel_order) for r in RESIZE]
     grid = [declared] + [c for c in grid if c != declared]
-    images = {r: read_images(paths, contract.input_size, resize=r)
-              for r in dict.fromkeys(c[1] for c in grid)}
-    scores, hits = _scores(_raw_predictor(loaded, batch_size), contract, images, labels, grid)
-    return scores, hits, labels
+    memo = _reuse if _reuse is not None else {}
+    images, known = memo.setdefault("images", {}), memo.setdefault("scores", {})
+    for r in dict.fromkeys(c[1] for c in grid):
+        if r not in images:
+            images[r] = read_images(paths, contract.input_size, resize=r)
+    todo = [c for c in grid if c not in known]
+    if todo:
+        new_scores, new_hits = _scores(_raw_predictor(loaded, batch_size), contract, images,
+                                       labels, todo)
+        known.update({c: (score, new_hits[c]) for c, score in zip(todo, new_scores,
+                                                                 strict=True)})
+    return [known[c][0] for c in grid], {c: known[c][1] for c in grid}, labels
 
 
 def _mcnemar(better: np.ndarray, worse: np.ndarray) -> float:
@@ -137,21 +147,21 @@ def _mcnemar(better: np.ndarray, worse: np.ndarray) -> float:
 def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,
                    batch_size: int = 64) -> ContractCheck:
     """Score the declared contract on the reference sample and judge it (module doc)."""
+    reuse: dict = {}
     scores, hits, labels = score_candidates(loaded, dataset, n_images=n_images, seed=seed,
-                                            batch_size=batch_size, full=False)
+                                            batch_size=batch_size, full=False, _reuse=reuse)
     declared = scores[0]
     n = len(labels)
     majority = float(np.bincount(labels).max() / n)
     p_chance = float(binomtest(round(declared.accuracy * n), n, majority,
                                alternative="greater").pvalue)
-    label_top = float(np.bincount(labels).max() / n)
     suspect = p_chance > _CHANCE_ALPHA or (declared.top_class_share >= _ONE_CLASS_SHARE
-                                           and label_top < 0.6)
+                                           and majority < 0.6)
     if suspect:
         scores, hits, labels = score_candidates(loaded, dataset, n_images=n_images, seed=seed,
-                                                batch_size=batch_size, full=True)
+                                                batch_size=batch_size, full=True, _reuse=reuse)
     key = (declared.preprocess, declared.resize, declared.channel_order)
-    others = [s for s in scores[1:]]
+    others = scores[1:]
     best = max(others, key=lambda c: c.accuracy) if others else declared
     p_best = _mcnemar(hits[(best.preprocess, best.resize, best.channel_order)], hits[key])
     margin = best.accuracy - declared.accuracy

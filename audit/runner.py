@@ -210,7 +210,7 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
 def _attach_sources(ctx: AuditContext) -> float:
     """Discover source groups before any check, so that every check's intervals (and the
     predictions artifact the gate resamples) count discovered cells, not images. A failure
-    here is left to the leakage check, which retries and reports it as its ERROR."""
+    here is left to the leakage check, which reports it as its ERROR."""
     from audit.checks.source_copies import attach_sources
 
     status("discovering source groups (checks.leakage.source_groups)")
@@ -218,6 +218,7 @@ def _attach_sources(ctx: AuditContext) -> float:
     try:
         attach_sources(ctx)
     except Exception as exc:  # noqa: BLE001 - the leakage check reports it
+        ctx.sources_error = exc
         status(f"source-group discovery failed ({type(exc).__name__}: {exc}); "
                "the leakage check will report it")
     return time.perf_counter() - t0

@@ -90,6 +90,7 @@ class AuditContext:
     results: dict[str, CheckResult] = field(default_factory=dict)
     resize: str = "crop"
     sources: object | None = None  # audit.checks.source_copies.SourceDiscovery, when run
+    sources_error: BaseException | None = None  # discovery failed before the checks
 
     def read_images(self, paths, size: int | None = None) -> np.ndarray:
         """Decode `paths` the model's way, at the input size (or `size`, e.g. thumbnails)."""

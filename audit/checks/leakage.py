@@ -71,6 +71,7 @@ from audit.checks.source_copies import (
     verified_copies,
 )
 from audit.checks.source_findings import few_cells_findings, verified_leak_findings
+from audit.checks.source_findings import pct as _pct
 from audit.duplicates import (
     DEFAULT_MAX_DISTANCE,
     Matches,
@@ -199,10 +200,6 @@ def set_level_share(observed: np.ndarray, null: np.ndarray, *, quantile: float, 
     out.update(p_value=float(test.pvalue), statistic=float(test.statistic / obs.size ** 2),
                observed_median=float(np.median(obs)), null_median=float(np.median(nul)))
     return out
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.0f}%"
 
 
 def _key(name: str) -> str:

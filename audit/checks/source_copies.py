@@ -115,6 +115,8 @@ def attach_sources(ctx: AuditContext, *, check: str = "leakage") -> SourceDiscov
     group column that was examined whole its discovered groups, so every check's intervals
     resample cells rather than images. The runner calls this before any check runs; the
     leakage check calls it when run on its own."""
+    if ctx.sources is None and ctx.sources_error is not None:
+        raise ctx.sources_error  # the runner's attempt failed: report it, do not redo it
     if ctx.sources is None:
         ctx.sources = discover_sources(ctx, ctx.check_config(check), check=check)
     for name, found in ctx.sources.sets.items():
