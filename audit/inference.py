@@ -152,8 +152,10 @@ def batch_outputs(predictor: Predictor, images: np.ndarray, paths: Sequence,
 
 def assemble_outputs(parts: list[dict[str, np.ndarray]], *, from_cache: bool = False
                      ) -> DatasetOutputs:
-    """`DatasetOutputs` from per-batch results (or one dict of whole arrays), in order."""
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    """`DatasetOutputs` from per-batch results (or one dict of whole arrays, used as is: a
+    memory-mapped array stays one), in order. Every engine and cache reader ends here."""
+    arrays = parts[0] if len(parts) == 1 else {
+        k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return DatasetOutputs(
         logits=arrays["logits"], probs=softmax(arrays["logits"]),
         embeddings=arrays["embeddings"],

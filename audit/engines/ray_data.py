@@ -399,12 +399,13 @@ class _ShardWriter:
 
 
 def read_shards(folder: Path, *, from_cache: bool, in_memory: bool = False):
-    """`DatasetOutputs` from a shard folder: every column but the embeddings read into
-    memory in image order, the embeddings memory-mapped (`in_memory`: copied)."""
+    """`DatasetOutputs` from a shard folder (through `assemble_outputs`, like every cache):
+    every column read into memory in image order, the embeddings memory-mapped
+    (`in_memory`: copied)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from audit.inference import DatasetOutputs, softmax
+    from audit.inference import assemble_outputs
 
     folder = Path(folder)
     n = json.loads((folder / _DONE).read_text())["n_images"]
@@ -413,7 +414,7 @@ def read_shards(folder: Path, *, from_cache: bool, in_memory: bool = False):
         table = pq.read_table(shard)
         idx = table.column("index").to_numpy()
         for name in table.column_names:
-            if name in ("index", "embeddings"):
+            if name in ("index", "embeddings"):  # older caches also kept the embeddings here
                 continue
             column = table.column(name).combine_chunks()
             if pa.types.is_fixed_size_list(column.type):
@@ -424,9 +425,5 @@ def read_shards(folder: Path, *, from_cache: bool, in_memory: bool = False):
                 arrays[name] = np.empty((n, *values.shape[1:]), values.dtype)
             arrays[name][idx] = values
     embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
-    if in_memory:
-        embeddings = np.array(embeddings)
-    return DatasetOutputs(
-        logits=arrays["logits"], probs=softmax(arrays["logits"]), embeddings=embeddings,
-        properties={k[5:]: v for k, v in arrays.items() if k.startswith("prop_")},
-        phash=arrays["phash"].astype(np.uint64), from_cache=from_cache)
+    arrays["embeddings"] = np.array(embeddings) if in_memory else embeddings
+    return assemble_outputs([arrays], from_cache=from_cache)
