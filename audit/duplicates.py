@@ -34,6 +34,7 @@ __all__ = [
     "nearest_hash_matches",
     "hash_distances",
     "nearest_embedding_matches",
+    "unit_rows",
     "hash_pairs",
     "clusters_from_pairs",
     "near_duplicate_clusters",
@@ -161,7 +162,9 @@ def hash_distances(query_hashes: np.ndarray, ref_hashes: np.ndarray) -> np.ndarr
     return _distance_block(query, ref[:, 0]).astype(np.uint8)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32; a zero row stays zero (cosine 0 with
+    everything). The one normalisation behind every cosine of embeddings or visual words."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
@@ -173,7 +176,7 @@ def nearest_embedding_matches(query_emb: np.ndarray, ref_emb: np.ndarray, *,
 
     A zero vector has cosine 0 with everything. Without any reference: index -1, cosine NaN.
     """
-    query, ref = _unit_rows(query_emb), _unit_rows(ref_emb)
+    query, ref = unit_rows(query_emb), unit_rows(ref_emb)
     n, m = len(query), len(ref)
     _check_self(n, m, exclude_self)
     index = np.full(n, -1, dtype=np.int64)

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.duplicates import NO_MATCH_DISTANCE, nearest_embedding_matches, nearest_hash_matches
+from audit.duplicates import (
+    NO_MATCH_DISTANCE,
+    nearest_embedding_matches,
+    nearest_hash_matches,
+    unit_rows,
+)
 
 __all__ = ["EXACT_MAX_PAIRS", "RECALL_SAMPLE", "SET_LEVEL_MAX_REFS", "Search", "nearest_cosine",
            "nearest_hamming"]
@@ -69,12 +74,6 @@ def _faiss():
     return faiss
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
 def _first_other(index: np.ndarray, score: np.ndarray, self_index: np.ndarray | None,
                  fill) -> tuple[np.ndarray, np.ndarray]:
     """Per row of (n, k) results, the first hit that is a real one and not the query itself."""
@@ -101,7 +100,7 @@ def nearest_cosine(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = F
         index, cosine = nearest_embedding_matches(query, ref, exclude_self=exclude_self)
         return index, cosine, Search("exact")
     faiss = _faiss()
-    ref_unit = _unit(ref)
+    ref_unit = unit_rows(ref)
     graph = faiss.IndexHNSWFlat(ref_unit.shape[1], _HNSW_M, faiss.METRIC_INNER_PRODUCT)
     graph.hnsw.efConstruction = _EF_CONSTRUCTION
     graph.add(ref_unit)
@@ -110,7 +109,7 @@ def nearest_cosine(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = F
     cosine = np.empty(n)
     step = 16384  # queries normalised per block: no full copy of a large query set
     for start in range(0, n, step):
-        q = _unit(query[start:start + step])
+        q = unit_rows(query[start:start + step])
         sims, ids = graph.search(q, 2 if exclude_self else 1)
         own = np.arange(start, start + len(q)) if exclude_self else None
         i, s = _first_other(ids, sims, own, np.nan)
@@ -123,11 +122,11 @@ def nearest_cosine(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = F
 
 def _exact_sample_cosine(query, ref, sample, exclude_self) -> np.ndarray:
     """The exact nearest cosine of the sampled queries, references in blocks."""
-    q = _unit(query[sample])
+    q = unit_rows(query[sample])
     best = np.full(len(sample), -np.inf)
     step = max(1, 2**22 // max(1, len(sample)))
     for start in range(0, len(ref), step):
-        sims = q @ _unit(ref[start:start + step]).T
+        sims = q @ unit_rows(ref[start:start + step]).T
         if exclude_self:
             cols = sample - start
             rows = np.flatnonzero((cols >= 0) & (cols < sims.shape[1]))

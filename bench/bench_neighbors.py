@@ -61,8 +61,8 @@ def main() -> int:
     args = parser.parse_args()
     import hnswlib
 
-    from audit.duplicates import nearest_embedding_matches, nearest_hash_matches
-    from audit.neighbors import _unit, nearest_cosine, nearest_hamming
+    from audit.duplicates import nearest_embedding_matches, nearest_hash_matches, unit_rows
+    from audit.neighbors import nearest_cosine, nearest_hamming
 
     print(machine_line())
     query, ref = embeddings(args.refs, args.queries, args.dim, args.seed)
@@ -75,9 +75,9 @@ def main() -> int:
     def hnsw():
         graph = hnswlib.Index(space="ip", dim=args.dim)
         graph.init_index(max_elements=len(ref), ef_construction=80, M=32)
-        graph.add_items(_unit(ref))
+        graph.add_items(unit_rows(ref))
         graph.set_ef(128)
-        labels, dist = graph.knn_query(_unit(query), k=1)
+        labels, dist = graph.knn_query(unit_rows(query), k=1)
         return 1 - dist[:, 0]
     h_cos, t_h = timed(hnsw)
     rows.append(["embeddings", "hnswlib HNSW", f"{t_h:.1f}",
@@ -101,8 +101,7 @@ def set_level_cap(seed: int) -> None:
     isotropic Gaussian classes of 4,000 references (64-d), 1,000 queries of which 40% are
     copies of a reference of their class (noise 0.1 against a class spread of 1)."""
     from audit.checks.leakage import _excess_scorer, excess_share
-    from audit.duplicates import class_matched_nearest
-    from audit.neighbors import _unit
+    from audit.duplicates import class_matched_nearest, unit_rows
 
     rng = np.random.default_rng(seed)
     n_per, dim, n_q = 4000, 64, 1000
@@ -114,7 +113,7 @@ def set_level_cap(seed: int) -> None:
     copies = rng.choice(n_q, int(0.4 * n_q), replace=False)
     sources = np.array([rng.choice(np.flatnonzero(r_labels == q_labels[i])) for i in copies])
     query[copies] = ref[sources] + rng.normal(0, 0.1, (copies.size, dim))
-    qu, ru = _unit(query), _unit(ref)
+    qu, ru = unit_rows(query), unit_rows(ref)
     scorer = _excess_scorer(lambda i, j: -np.arccos(np.clip(qu[i] @ ru[j].T, -1, 1)),
                             min_spread=1e-6)
     rows = []

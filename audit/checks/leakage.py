@@ -84,6 +84,7 @@ from audit.duplicates import (
     hash_distances,
     nearest_embedding_matches,
     nearest_hash_matches,
+    unit_rows,
 )
 from audit.neighbors import EXACT_MAX_PAIRS, SET_LEVEL_MAX_REFS, nearest_cosine, nearest_hamming
 from audit.options import between, count, fraction, one_of
@@ -255,7 +256,7 @@ def _set_level(q: _Set, r: _Set, thresholds: dict, cfg: dict, rng_keys: tuple,
     signals = {"hash": _excess_scorer(lambda i, j: -hash_distances(q.hashes[i], r.hashes[j])
                                       .astype(np.float32), min_spread=0.5)}
     if _embedding_use(thresholds["cosine"]) == "used":
-        q_unit, r_unit = _unit(q.embeddings), _unit(r.embeddings)
+        q_unit, r_unit = unit_rows(q.embeddings), unit_rows(r.embeddings)
         # Angles, not cosines: cosine crowds near its ceiling of 1, which squeezes the top of
         # a close class's similarities (left skew) but not a distant class's.
         signals = {"embedding": _excess_scorer(lambda i, j: -np.arccos(np.clip(
@@ -332,12 +333,6 @@ def _distrust_class_clustered_embeddings(thresholds: dict, set_level: dict | Non
     if not trusted:
         thresholds["embeddings"] = "class-clustered"
         thresholds["cosine"] = None
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
 def _compare(q: _Set, r: _Set, thresholds: dict, same_set: bool, nearest: dict) -> Matches:

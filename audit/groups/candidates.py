@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audit.duplicates import unit_rows
 from audit.groups.features import Keypoints
 
 __all__ = ["Vocabulary", "fit_vocabulary", "bow_embeddings", "nearest_pairs"]
@@ -86,9 +87,7 @@ def bow_embeddings(keypoint_sets: list[Keypoints], vocabulary: Vocabulary) -> li
     idf = np.log((1 + len(stacked)) / (1 + document_frequency)).astype(np.float32) + 1.0
     out = []
     for rows in counts:
-        weighted = np.sqrt(rows) * idf
-        norms = np.linalg.norm(weighted, axis=1, keepdims=True)
-        out.append(np.divide(weighted, norms, out=np.zeros_like(weighted), where=norms > 0))
+        out.append(unit_rows(np.sqrt(rows) * idf))
     return out
 
 
