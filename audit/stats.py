@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = ["bootstrap_indices", "bootstrap_ci", "interval", "MIN_RELIABLE_N", "effective_size",
-           "proportion_ci", "rate_ci", "few_images_note", "crossfit_folds"]
+           "proportion_ci", "clopper_pearson_upper", "rate_ci", "few_images_note", "crossfit_folds"]
 
 
 def bootstrap_indices(n: int, *, n_boot: int, rng: np.random.Generator,
@@ -104,8 +104,18 @@ def proportion_ci(successes: float, n: float, *, level: float = 0.95,
     x = value * m
     alpha = 1.0 - level
     low = 0.0 if x <= 0 else float(beta.ppf(alpha / 2, x, m - x + 1))
-    high = 1.0 if x >= m else float(beta.ppf(1 - alpha / 2, x + 1, m - x))
+    high = clopper_pearson_upper(x, m, confidence=1 - alpha / 2)
     return {"value": float(value), "low": low, "high": high, "n": int(n)}
+
+
+def clopper_pearson_upper(successes: float, n: float, *, confidence: float = 0.95) -> float:
+    """One-sided exact (Clopper-Pearson) upper bound on the rate behind `successes` of `n`:
+    the true rate is below it with at least `confidence`, for every rate and n (about 3/n at
+    95% when there is no success; 1 when every trial succeeded). The upper end of
+    `proportion_ci` at level 2 * confidence - 1."""
+    from scipy.stats import beta
+
+    return 1.0 if successes >= n else float(beta.ppf(confidence, successes + 1, n - successes))
 
 
 def rate_ci(hits: np.ndarray, *, groups: np.ndarray | None = None,

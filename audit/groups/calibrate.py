@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from audit.stats import clopper_pearson_upper
+
 __all__ = ["NullStatistics", "calibrate_threshold", "GAP_FACTOR", "MAX_CONTAMINATION"]
 
 GAP_FACTOR = 2.0
@@ -49,12 +51,6 @@ class NullStatistics:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _upper_95(hits: int, n: int) -> float:
-    from scipy.stats import beta
-
-    return 1.0 if hits >= n else float(beta.ppf(0.95, hits + 1, n - hits))
 
 
 def separated_top(null: np.ndarray, *, minimum: int, gap_factor: float = GAP_FACTOR,
@@ -93,4 +89,4 @@ def calibrate_threshold(null_inliers: np.ndarray, *, minimum: int, max_rate: flo
         n_pairs=int(rest.size), cross_class_copies=int(k), median=float(np.median(rest)),
         q99=float(np.quantile(rest, 0.99)), max=int(rest.max()),
         rate_at_threshold=hits / rest.size,
-        rate_upper_95=_upper_95(hits, int(rest.size))), copies
+        rate_upper_95=clopper_pearson_upper(hits, int(rest.size))), copies
