@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from audit.sampling import subsample  # its home; kept importable from here
+
 __all__ = [
     "median_bandwidth",
     "rbf_kernel",
@@ -19,13 +21,6 @@ __all__ = [
     "subsample",
     "class_matched_sample",
 ]
-
-
-def subsample(n: int, max_n: int, *, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of at most `max_n` of n items (all of them when n <= max_n)."""
-    if n <= max_n:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=max_n, replace=False))
 
 
 def class_matched_sample(ref_labels: np.ndarray, shifted_labels: np.ndarray, max_n: int, *,

@@ -27,6 +27,7 @@ from audit.duplicates import (
     nearest_hash_matches,
     unit_rows,
 )
+from audit.sampling import subsample
 
 __all__ = ["EXACT_MAX_PAIRS", "RECALL_SAMPLE", "SET_LEVEL_MAX_REFS", "Search", "nearest_cosine",
            "nearest_hamming"]
@@ -87,10 +88,6 @@ def _first_other(index: np.ndarray, score: np.ndarray, self_index: np.ndarray | 
     return out_i.astype(np.int64), out_s
 
 
-def _sample(n: int, rng: np.random.Generator) -> np.ndarray:
-    return np.sort(rng.choice(n, min(n, RECALL_SAMPLE), replace=False))
-
-
 def nearest_cosine(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = False,
                    exact_max_pairs: int = EXACT_MAX_PAIRS, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray, Search]:
@@ -114,7 +111,7 @@ def nearest_cosine(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = F
         own = np.arange(start, start + len(q)) if exclude_self else None
         i, s = _first_other(ids, sims, own, np.nan)
         index[start:start + len(q)], cosine[start:start + len(q)] = i, np.clip(s, -1, 1)
-    sample = _sample(n, np.random.default_rng(seed))
+    sample = subsample(n, RECALL_SAMPLE, rng=np.random.default_rng(seed))
     exact = _exact_sample_cosine(query, ref, sample, exclude_self)
     hit = np.nan_to_num(cosine[sample], nan=-np.inf) >= exact - 1e-5
     return index, cosine, Search("approximate", float(hit.mean()), int(sample.size))
@@ -161,7 +158,7 @@ def nearest_hamming(query_hashes: np.ndarray, ref_hashes: np.ndarray, *,
         i, d = _first_other(ids, dist.astype(np.int64), own, NO_MATCH_DISTANCE)
         better = (i >= 0) & (d < distance)
         index[better], distance[better] = i[better], d[better]
-    sample = _sample(n, np.random.default_rng(seed))
+    sample = subsample(n, RECALL_SAMPLE, rng=np.random.default_rng(seed))
     _, exact = nearest_hash_matches(query[sample], ref, exclude_self=False) if not exclude_self \
         else _exact_self_sample(query, ref, sample)
     hit = distance[sample] <= exact

@@ -1,10 +1,19 @@
-"""Seeded, class-stratified subsamples: the budgets that bound per-image work on large sets."""
+"""Seeded subsamples, uniform or class-stratified: the budgets that bound per-image work on
+large sets."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["stratified_subsample"]
+__all__ = ["subsample", "stratified_subsample"]
+
+
+def subsample(n: int, max_n: int, *, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of at most `max_n` of n items (all of them when n <= max_n, without
+    drawing from `rng`), uniformly: blind to classes (see `stratified_subsample`)."""
+    if n <= max_n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=max_n, replace=False))
 
 
 def stratified_subsample(labels: np.ndarray, max_n: int, *, rng: np.random.Generator

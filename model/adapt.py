@@ -31,6 +31,7 @@ import numpy as np
 from audit.data import Dataset, iter_batches, read_images
 from audit.errors import UsageError
 from audit.progress import progress
+from audit.sampling import subsample
 
 __all__ = ["align_batchnorm", "batchnorm_input_statistics", "batchnorm_layers"]
 
@@ -153,5 +154,4 @@ def batchnorm_input_statistics(loaded, dataset: Dataset | np.ndarray, *, batch_s
 def _sample(dataset: Dataset, max_images: int | None, seed: int) -> Dataset:
     if max_images is None or max_images >= len(dataset):
         return dataset
-    rng = np.random.default_rng(seed)
-    return dataset.subset(np.sort(rng.choice(len(dataset), max_images, replace=False)))
+    return dataset.subset(subsample(len(dataset), max_images, rng=np.random.default_rng(seed)))

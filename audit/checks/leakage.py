@@ -89,6 +89,7 @@ from audit.duplicates import (
 from audit.neighbors import EXACT_MAX_PAIRS, SET_LEVEL_MAX_REFS, nearest_cosine, nearest_hamming
 from audit.options import between, count, fraction, one_of
 from audit.results import CheckResult, Finding, Status
+from audit.sampling import subsample
 from audit.stats import bootstrap_ci
 
 __all__ = ["accuracy_by_copy", "leak_gap_share", "nearest_excess", "excess_share",
@@ -227,9 +228,7 @@ def _thresholds(q: _Set, r: _Set, cfg: dict, rng: np.random.Generator) -> dict:
            "n_null": 0, "null_hash_rate": None, "null_cosine_rate": None}
     if not cfg["calibrate"]:
         return out
-    sample = np.arange(len(q.labels))
-    if sample.size > _NULL_SAMPLE:
-        sample = np.sort(rng.choice(sample, _NULL_SAMPLE, replace=False))
+    sample = subsample(len(q.labels), _NULL_SAMPLE, rng=rng)
     labels = q.labels[sample]
     null_hash = cross_class_null(labels, r.labels, lambda i, j: nearest_hash_matches(
         q.hashes[sample[i]], r.hashes[j])[1])

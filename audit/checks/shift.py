@@ -15,11 +15,11 @@ from audit.drift import (
     domain_classifier_auc,
     mmd_permutation_test,
     property_drift,
-    subsample,
 )
 from audit.imaging import PROPERTIES
 from audit.options import count, fraction, positive
 from audit.results import CheckResult, Finding, Status
+from audit.sampling import subsample
 from audit.stats import bootstrap_indices, few_images_note, interval
 
 __all__ = ["ShiftCheck", "accuracy_drop_ci", "prior_shift_decomposition", "confidence_summary",

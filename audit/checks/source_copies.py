@@ -29,10 +29,11 @@ from audit.checks.base import AuditContext, DatasetView
 from audit.groups import GroupConfig, SourceGroups, SourceMatches
 from audit.groups.discover import groups_from_keypoints, matches_from_keypoints
 from audit.groups.features import Keypoints, extract_keypoints
+from audit.sampling import subsample
 from audit.stats import rate_ci
 
 __all__ = ["HOW_TO_ENABLE", "FEW_CELLS_COPY_RATIO", "SetSources", "SourceDiscovery",
-           "attach_sources", "discover_sources", "examined_indices", "groups_summary", "verified_copies",
+           "attach_sources", "discover_sources", "groups_summary", "verified_copies",
            "few_cell_classes"]
 
 HOW_TO_ENABLE = ("--set checks.leakage.source_groups=true (or [checks.leakage] source_groups "
@@ -73,13 +74,6 @@ class SourceDiscovery:
     matches: dict[str, SourceMatches]   # evaluation set -> its copies in training (examined)
 
 
-def examined_indices(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
-    """Every index up to `cap` images, else a seeded sample of `cap`, sorted."""
-    if n <= cap:
-        return np.arange(n)
-    return np.sort(rng.choice(n, cap, replace=False))
-
-
 def discover_sources(ctx: AuditContext, cfg: dict, *, check: str) -> SourceDiscovery:
     """Keypoints of each evaluation set (and train) once; source groups within each
     evaluation set; verified copies of each evaluation set in train."""
@@ -88,7 +82,8 @@ def discover_sources(ctx: AuditContext, cfg: dict, *, check: str) -> SourceDisco
     views = [*ctx.evaluated, *([ctx.train] if ctx.train is not None else [])]
     sets = {}
     for view in views:
-        examined = examined_indices(len(view), cap, ctx.rng(check, "sources", view.name))
+        # Every image up to `cap`, else a uniform (class-blind) seeded sample of `cap`.
+        examined = subsample(len(view), cap, rng=ctx.rng(check, "sources", view.name))
         keypoints = extract_keypoints(view.dataset.subset(examined), image_size=config.image_size,
                                       max_keypoints=config.max_keypoints,
                                       contrast_threshold=config.contrast_threshold,

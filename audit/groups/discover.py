@@ -15,6 +15,7 @@ from audit.groups.graph import GraphSummary, guarded_components
 from audit.groups.verify import VerifyConfig, verify_pairs
 from audit.parallel import map_chunks
 from audit.progress import progress
+from audit.sampling import subsample
 
 __all__ = ["GroupConfig", "VerifiedPair", "SourceGroups", "SourceMatches", "discover_groups",
            "match_sources", "groups_from_keypoints", "matches_from_keypoints"]
@@ -190,11 +191,8 @@ def _verify(query: Keypoints, reference: Keypoints, rows: np.ndarray, cols: np.n
 
 def _null_queries(labels: np.ndarray, config: GroupConfig) -> np.ndarray:
     """Seeded sample of images whose other-class neighbours make the null."""
-    n = len(labels)
-    if n <= config.max_null_images:
-        return np.arange(n)
-    rng = np.random.default_rng([config.seed, 1])
-    return np.sort(rng.choice(n, config.max_null_images, replace=False))
+    return subsample(len(labels), config.max_null_images,
+                     rng=np.random.default_rng([config.seed, 1]))
 
 
 def _dedupe(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
