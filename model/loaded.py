@@ -178,12 +178,6 @@ class LoadedModel:
             return scale_images(x, preprocess=contract.preprocess,
                                 channel_order=contract.channel_order)
 
-        def from_outputs(out):
-            out = ops.convert_to_tensor(out)
-            if contract.output == "probabilities":
-                return ops.log(ops.maximum(out, 1e-12))
-            return out
-
         if self.keras_model is None:
             layer = self.saved_model
 
@@ -191,7 +185,8 @@ class LoadedModel:
                 out = layer(scaled(x))
                 if isinstance(out, dict):
                     out = next(iter(out.values()))
-                logits = ops.cast(from_outputs(out), "float32")
+                logits = ops.cast(_outputs_as_logits(ops.convert_to_tensor(out), contract),
+                                  "float32")
                 return logits, logits
             return forward
 
@@ -199,18 +194,17 @@ class LoadedModel:
 
         head, logits_from = self._head()
         dense = head[-1]
-        run = tap(self.keras_model, tuple(head[:-1]), [dense], at="input")
         pre_activation = logits_from.startswith("pre-activation")
+        # With true logits the graph stops at the classifier's input (the logits are computed
+        # once, below, from the embedding): the Dense layer and what follows it are not run.
+        run = tap(self.keras_model, tuple(head[:-1]), [dense], at="input",
+                  head=dense if pre_activation else None)
 
         def forward(x):
             (embedding,), out = run(scaled(x))
             embedding = ops.reshape(embedding, (ops.shape(embedding)[0], -1))
-            if pre_activation:
-                logits = ops.matmul(embedding, dense.kernel)
-                if dense.use_bias:
-                    logits = logits + dense.bias
-            else:
-                logits = from_outputs(out)
+            logits = (_pre_activation(embedding, dense) if pre_activation
+                      else _outputs_as_logits(out, contract))
             return ops.cast(logits, "float32"), ops.cast(embedding, "float32")
         return forward
 
@@ -234,12 +228,9 @@ class LoadedModel:
             (feature,), final = run(scale_images(x, preprocess=contract.preprocess,
                                                  channel_order=contract.channel_order))
             if dense is not None:
-                final = ops.matmul(ops.reshape(final, (ops.shape(final)[0], -1)), dense.kernel)
-                if dense.use_bias:
-                    final = final + dense.bias
-            elif contract.output == "probabilities":
-                final = ops.log(ops.maximum(final, 1e-12))
-            return feature, final
+                return feature, _pre_activation(ops.reshape(final, (ops.shape(final)[0], -1)),
+                                                dense)
+            return feature, _outputs_as_logits(final, contract)
         return path_name(path), forward
 
     def with_keras_model(self, keras_model) -> LoadedModel:
@@ -253,6 +244,28 @@ class LoadedModel:
         return {"format": self.format, "path": self.path, "sha256": self.sha256,
                 "contract": self.contract.describe(), "graph": self.graph_summary(),
                 "notes": list(self.notes)}
+
+
+def _pre_activation(embedding, dense):
+    """The classifier's logits from its (flattened) input: `dense` without its activation."""
+    from keras import ops
+
+    logits = ops.matmul(embedding, dense.kernel)
+    return logits + dense.bias if dense.use_bias else logits
+
+
+def _outputs_as_logits(out, contract: InputContract):
+    """A model's outputs as logits: the log of probabilities (up to a per-image constant)."""
+    from keras import ops
+
+    return ops.log(ops.maximum(out, 1e-12)) if contract.output == "probabilities" else out
+
+
+def _check_class_count(n_outputs: int, contract: InputContract, where: str) -> None:
+    if n_outputs != contract.n_classes:
+        raise UsageError(f"model '{where}' outputs {n_outputs} classes but the contract names "
+                         f"{contract.n_classes} ({', '.join(contract.class_names)}; from "
+                         f"{contract.sources.get('class_names')})")
 
 
 def _passes_logits(layer) -> bool:
@@ -392,11 +405,7 @@ class ModelFile:
                                     metadata=self.metadata, input_shape=self.input_shape,
                                     own_scaling=self.own_scaling, output_kind=self.output_kind,
                                     where=str(self.path), fallback=fallback)
-        if self.n_outputs != contract.n_classes:
-            raise UsageError(f"model '{self.path}' outputs {self.n_outputs} classes but the "
-                             f"contract names {contract.n_classes} ("
-                             f"{', '.join(contract.class_names)}; from "
-                             f"{contract.sources.get('class_names')})")
+        _check_class_count(self.n_outputs, contract, str(self.path))
         return LoadedModel(contract=contract, format=self.format, sha256=file_hash(self.path),
                            path=str(self.path.resolve()), metadata=self.metadata,
                            keras_model=self.keras_model, saved_model=self.saved_model,
@@ -414,11 +423,9 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     sidecar = _read_json(side, "sidecar") if side.is_file() else {}
     if fmt == "savedmodel":
         layer, endpoint, shape = load_saved_model(path)
-        out = layer(np.zeros((1, shape[1] or 32, shape[2] or 32, 3), np.float32))
-        out = next(iter(out.values())) if isinstance(out, dict) else out
-        return ModelFile(path, fmt, None, layer, shape, None, _probe_output_kind(layer, shape),
-                         int(np.asarray(out).shape[-1]), metadata, sidecar,
-                         [f"SavedModel endpoint '{endpoint}', loaded for inference"])
+        output_kind, n_outputs = _probe_outputs(layer, shape)
+        return ModelFile(path, fmt, None, layer, shape, None, output_kind, n_outputs, metadata,
+                         sidecar, [f"SavedModel endpoint '{endpoint}', loaded for inference"])
     from model.graph import check_single_image_input, final_activation, own_scaling_layer
 
     keras_model, notes = load_keras_file(path, fmt)
@@ -446,10 +453,7 @@ def from_keras_model(model, declared: ContractOptions | None = None, *,
         input_shape=tuple(model.inputs[0].shape), own_scaling=own_scaling_layer(model),
         output_kind="probabilities" if final_activation(model) == "softmax" else "logits",
         where=model.name)
-    n_out = int(model.outputs[0].shape[-1])
-    if n_out != contract.n_classes:
-        raise UsageError(f"model '{model.name}' outputs {n_out} classes but the contract names "
-                         f"{contract.n_classes}")
+    _check_class_count(int(model.outputs[0].shape[-1]), contract, model.name)
     return LoadedModel(contract=contract, format="memory", sha256=weights_hash(model),
                        metadata=metadata, keras_model=model)
 
@@ -473,9 +477,10 @@ def weights_hash(model) -> str:
     return digest.hexdigest()
 
 
-def _probe_output_kind(layer, shape: tuple) -> str:
-    """'probabilities' when a SavedModel's outputs on varied inputs are non-negative and sum
-    to 1 (a softmax at its end), else 'logits'."""
+def _probe_outputs(layer, shape: tuple) -> tuple[str, int]:
+    """(output kind, number of outputs) of a SavedModel from one call on varied inputs:
+    'probabilities' when its outputs are non-negative and sum to 1 (a softmax at its end),
+    else 'logits'."""
     size = shape[1] if shape[1] is not None else 64
     rng = np.random.default_rng(0)
     probe = rng.uniform(-1, 255, (4, size, shape[2] or size, 3)).astype(np.float32)
@@ -484,4 +489,4 @@ def _probe_output_kind(layer, shape: tuple) -> str:
     if out.ndim != 2:
         raise InputError(f"SavedModel output has shape {out.shape}; expected (batch, classes)")
     is_prob = bool(np.all(out >= -1e-6) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-    return "probabilities" if is_prob else "logits"
+    return ("probabilities" if is_prob else "logits"), int(out.shape[-1])
