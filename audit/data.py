@@ -63,7 +63,11 @@ class SkippedFile:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images of one set: absolute paths, integer labels into `class_names`, optional groups."""
+    """Images of one set: absolute paths, integer labels into `class_names`, optional groups.
+
+    `sizes`: (N, 2) int64 (width, height) of each file as stored, read from its header by the
+    scan that checked the files (None when the files were not checked): the per-image pass
+    records them instead of opening every file again."""
 
     name: str
     root: str
@@ -74,6 +78,7 @@ class Dataset:
     skipped: tuple[SkippedFile, ...] = ()
     fingerprint: str = field(default="")
     notes: tuple[str, ...] = ()
+    sizes: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -100,6 +105,7 @@ class Dataset:
             groups=groups,
             skipped=self.skipped,
             fingerprint=fingerprint(self.root, paths, labels, self.class_names),
+            sizes=self.sizes[idx] if self.sizes is not None else None,
         )
 
     def describe(self) -> dict:
@@ -418,6 +424,7 @@ def load_dataset(
         skipped=tuple(skipped),
         fingerprint=fingerprint(str(root), paths, labels, tuple(class_names)),
         notes=tuple(notes),
+        sizes=_size_array(sizes) if check_files else None,
     )
 
 
@@ -462,7 +469,8 @@ def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
         raise InputError(f"dataset '{source}' does not exist; expected a folder or a CSV manifest")
     paths = sorted(str(p) for p in source_path.rglob("*") if p.is_file()
                    and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    reasons = [reason for reason, _ in scan_files(paths)]
+    scanned = scan_files(paths)
+    reasons = [reason for reason, _ in scanned]
     skipped = tuple(SkippedFile(p, r) for p, r in zip(paths, reasons, strict=True) if r)
     if skipped and strict:
         raise InputError(f"dataset '{source}': {len(skipped)} unusable file(s), first "
@@ -473,7 +481,13 @@ def load_unlabelled(source: str | os.PathLike, *, name: str = "unlabelled",
     labels = np.zeros(len(paths), dtype=np.int64)
     root = str(source_path.resolve())
     return Dataset(name=name, root=root, paths=paths, labels=labels, class_names=("unlabelled",),
-                   skipped=skipped, fingerprint=fingerprint(root, paths, labels, ("unlabelled",)))
+                   skipped=skipped, fingerprint=fingerprint(root, paths, labels, ("unlabelled",)),
+                   sizes=_size_array([size for r, size in scanned if r is None]))
+
+
+def _size_array(sizes: list[tuple[int, int]]) -> np.ndarray:
+    """The scan's (width, height) per kept file as (N, 2) int64 (`Dataset.sizes`)."""
+    return np.array(sizes, dtype=np.int64).reshape(len(sizes), 2)
 
 
 def read_images(paths: Sequence[str], size: int, *, resize: str,

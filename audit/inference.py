@@ -139,13 +139,18 @@ def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
 
 
 def batch_outputs(predictor: Predictor, images: np.ndarray, paths: Sequence,
-                  *, measure_cell: np.ndarray) -> dict:
-    """`per_image_outputs` of one decoded batch plus each file's size on disk, read from its
-    header (lost once the image is resized). Every engine goes through here, so a new
-    per-image property reaches them all."""
+                  *, measure_cell: np.ndarray, sizes: np.ndarray | None = None) -> dict:
+    """`per_image_outputs` of one decoded batch plus each file's size on disk (lost once the
+    image is resized): `sizes` (B, 2) as the dataset scan read them from the headers
+    (`Dataset.sizes`), else read from the headers here. Every engine goes through here, so a
+    new per-image property reaches them all."""
     from audit.imaging import source_sizes
 
-    width, height = source_sizes(paths)
+    if sizes is None:
+        width, height = source_sizes(paths)
+    else:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(len(paths), 2)
+        width, height = sizes[:, 0], sizes[:, 1]
     return {**per_image_outputs(predictor, images, measure_cell=measure_cell),
             "prop_source_width": width, "prop_source_height": height}
 
@@ -228,7 +233,8 @@ def compute_outputs(
     for images, indices in progress(batches, desc=f"predict {dataset.name}", total=n_batches,
                                     unit="batch"):
         parts.append(batch_outputs(predictor, images, [dataset.paths[i] for i in indices],
-                                   measure_cell=measure_cell[indices]))
+                                   measure_cell=measure_cell[indices],
+                                   sizes=None if dataset.sizes is None else dataset.sizes[indices]))
     outputs = assemble_outputs(parts)
     if cache_path is not None:
         try:

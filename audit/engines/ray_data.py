@@ -206,9 +206,13 @@ class RayEngine:
         names = list(todo)
         # One row per batch of the local engine (same first index, same images together):
         # one row per block, so every batch can go to any worker.
+        # The sizes on disk the scan read (`Dataset.sizes`) travel with the paths, so workers
+        # do not open the headers again (None: the worker reads them).
         blocks = [pa.Table.from_pylist([{"set": k, "start": s,
                                          "paths": list(dataset.paths[s:s + size]),
-                                         "measure": measure[s:s + size].tolist()}])
+                                         "measure": measure[s:s + size].tolist(),
+                                         "sizes": None if dataset.sizes is None
+                                         else dataset.sizes[s:s + size].reshape(-1).tolist()}])
                   for k, (dataset, _, measure) in enumerate(todo.values())
                   for s in range(0, len(dataset), size)]
         with tempfile.TemporaryDirectory() as tmp:
@@ -294,10 +298,11 @@ class _ImagePass:
         from audit.inference import batch_outputs
 
         (k,), (start,) = batch["set"], batch["start"]
-        (paths,), (measure,) = batch["paths"], batch["measure"]
+        (paths,), (measure,), (sizes,) = batch["paths"], batch["measure"], batch["sizes"]
         paths = [str(p) for p in paths]
         images = read_images(paths, self.predictor.image_size, resize=self.predictor.resize)
-        out = batch_outputs(self.predictor, images, paths, measure_cell=np.asarray(measure, bool))
+        out = batch_outputs(self.predictor, images, paths, measure_cell=np.asarray(measure, bool),
+                            sizes=None if sizes is None else np.asarray(sizes, np.int64))
         return {"set": np.full(len(paths), k), "index": np.arange(
             int(start), int(start) + len(paths), dtype=np.int64), **out}
 
