@@ -18,7 +18,7 @@ import numpy as np
 __all__ = ["Status", "Finding", "CheckResult", "AuditResult", "clean", "worst_status",
            "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 
 
 class Status(str, Enum):

@@ -662,9 +662,9 @@ def _source_groups(m: Mapping, assets) -> dict:
 
 # ---------------------------------------------------------------- 7. shift
 
-def _attribution(audit: Mapping, name: str, assets) -> dict | None:
-    """The gap-attribution chart and before/after examples of one shifted set, if measured."""
-    result = _get(audit, "checks", "attribution", default=None) or {}
+def _gap_factors(audit: Mapping, name: str, assets) -> dict | None:
+    """The gap-factor chart and before/after examples of one shifted set, if measured."""
+    result = _get(audit, "checks", "gap_factors", default=None) or {}
     d = _get(result, "metrics", "datasets", name, default=None)
     if result.get("status") not in ("PASS", "WARN", "FAIL") or not isinstance(d, Mapping):
         return None
@@ -685,7 +685,7 @@ def _attribution(audit: Mapping, name: str, assets) -> dict | None:
                                         "transform: " + ", ".join(k[len(direction) + 1:]
                                                                   for k in keys) + "."})
     combined = d.get("combined") or {}
-    return {"figure": figures.attribution_shares(name, directions),
+    return {"figure": figures.gap_factor_shares(name, directions),
             "explained": _get(combined, "explained", "value", default=None), "gap": d.get("gap"),
             "sum_alone": combined.get("sum_alone_share"),
             "interaction": combined.get("interaction_share"),
@@ -740,7 +740,7 @@ def shift_section(audit: Mapping, assets=None) -> dict:
                         if isinstance(near, Mapping) else None),
         })
     for entry in sets:
-        entry["attribution"] = _attribution(audit, entry["name"], assets)
+        entry["gap_factors"] = _gap_factors(audit, entry["name"], assets)
     return {"available": True, "reason": "", **_check_header(result),
             "reference": m.get("reference"), "sets": sets,
             "drift_figure": figures.property_drift(drifts),

@@ -323,7 +323,7 @@ def test_fingerprint_matches_are_reported(audit_json, stub_figures):
 
 
 def test_minimal_audit_renders(tmp_path):
-    audit = {"schema_version": "1.0", "status": "ERROR", "model": {}, "datasets": {},
+    audit = {"schema_version": "2.0", "status": "ERROR", "model": {}, "datasets": {},
              "checks": {}, "findings": [], "config": {}, "versions": {}, "timings": {},
              "command": [], "explanations": {}}
     html = render_html(audit)
