@@ -318,19 +318,21 @@ def _rename_finding(finding: dict, old: str, new: str) -> None:
             finding["kind"] = new + kind[len(old):]
 
 
-def load_audit(source: str | os.PathLike | Mapping | AuditDocument) -> AuditDocument:
+def load_audit(source: str | os.PathLike | Mapping | AuditDocument, *,
+               label: str = "") -> AuditDocument:
     """Read an audit.json (a file, the folder holding it, or its dict), check its version and
     migrate an older one. `AuditJsonError` (one line naming the file) when it is unreadable,
-    not JSON, not an object, or of another major version."""
+    not JSON, not an object, or of another major version; a missing required key is named
+    when a view reads it. `label` ("baseline audit") starts every message about the file."""
     if isinstance(source, AuditDocument):
         return source
     if isinstance(source, Mapping):
-        path, where, data = None, "audit.json", source
+        path, where, data = None, f"{label} audit.json".strip(), source
     else:
         path = Path(source)
         if path.is_dir():
             path = path / "audit.json"
-        where = f"'{path}'"
+        where = f"{label} '{path}'".strip()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))  # NaN read; rules judge it
         except OSError as exc:
@@ -340,8 +342,4 @@ def load_audit(source: str | os.PathLike | Mapping | AuditDocument) -> AuditDocu
     if not isinstance(data, Mapping):
         raise AuditJsonError(f"{where} is not an audit.json (a JSON object is expected, "
                              f"received {type(data).__name__})")
-    data = migrate(dict(data), where=where)
-    doc = AuditDocument(data, where, path)
-    for key, kind in (("model", Mapping), ("datasets", Mapping), ("checks", Mapping)):
-        doc.required(key, kind)
-    return doc
+    return AuditDocument(migrate(dict(data), where=where), where, path)

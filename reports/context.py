@@ -17,6 +17,14 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from audit.audit_json import (
+    AuditDocument,
+    AuditJsonError,
+    CheckView,
+    View,
+    load_audit,
+    performance_set,
+)
 from reports import figures
 
 __all__ = ["SECTIONS", "SECTION_TITLES", "build_context", "pct", "ci_text", "num", "p_text",
@@ -136,19 +144,35 @@ def _words(name: str) -> str:
 
 # ---------------------------------------------------------------- shared pieces
 
-def check_state(audit: Mapping, name: str) -> tuple[Mapping | None, str]:
-    """(check result, "") when it produced numbers, else (result or None, reason)."""
-    result = _get(audit, "checks", name)
+def check_state(audit: Mapping | AuditDocument, name: str) -> tuple[CheckView | None, str]:
+    """(check result, "") when it produced numbers, else (result or None, reason). The
+    result's status is required (AuditJsonError naming it when missing or unknown)."""
+    result = load_audit(audit).check(name)
     if result is None:
         return None, f"the {name} check was not run (not selected, or not available)"
-    status = result.get("status")
+    status = result.status
     if status == "ERROR":
-        return result, f"the {name} check failed: {result.get('error') or result.get('summary')}"
+        return result, f"the {name} check failed: {result.error or result.summary}"
     if status == "SKIP":
-        return result, f"{result.get('summary') or f'the {name} check did not apply'}"
+        return result, f"{result.summary or f'the {name} check did not apply'}"
     if not isinstance(result.get("metrics"), Mapping) or not result["metrics"]:
         return result, f"the {name} check recorded no metrics"
     return result, ""
+
+
+def _per_set(audit: AuditDocument, name: str, *, lenient: bool = False) -> dict[str, View]:
+    """The check's per-dataset numbers as views; {} when it computed none (not run, ERROR,
+    SKIP). A computed check without them raises AuditJsonError, or with `lenient` (another
+    section shows that check's problem) gives {}."""
+    result, reason = check_state(audit, name)
+    if reason:
+        return {}
+    try:
+        return result.per_set()
+    except AuditJsonError:
+        if lenient:
+            return {}
+        raise
 
 
 def _unavailable(reason: str, **extra: Any) -> dict:
@@ -193,26 +217,31 @@ def _findings_of(audit: Mapping, check: str) -> list[dict]:
 
 # ---------------------------------------------------------------- 1. verdict
 
-def _key_numbers(audit: Mapping) -> list[dict]:
-    """One row per evaluated dataset: accuracy, balanced accuracy, macro-F1 (CIs), ECE, referral."""
-    perf = _get(audit, "checks", "performance", "metrics", "datasets", default={}) or {}
-    calib = _get(audit, "checks", "calibration", "metrics", "datasets", default={}) or {}
-    select = _get(audit, "checks", "selective", "metrics", "datasets", default={}) or {}
-    gap = _get(audit, "checks", "performance", "metrics", "gap", default={}) or {}
+def _key_numbers(audit: AuditDocument) -> list[dict]:
+    """One row per evaluated dataset: accuracy, balanced accuracy, macro-F1 (CIs), ECE, referral.
+    A number is None only when its check did not compute this set; a computed set missing a
+    key raises (the verdict then names the key instead of showing "n/a")."""
+    perf_check, reason = check_state(audit, "performance")
+    gap = {} if reason else perf_check.metrics.required("gap", Mapping)
+    # Calibration and referral have their own sections, which report an unreadable layout.
+    calib = _per_set(audit, "calibration", lenient=True)
+    select = _per_set(audit, "selective", lenient=True)
     rows = []
     for name in _datasets_in_order(audit):
-        meta = audit["datasets"][name]
-        if meta.get("role") == "train":
+        meta = audit.dataset(name)
+        if meta.role == "train":
             continue
-        m = perf.get(name, {})
+        perf = performance_set(audit, name)
         rows.append({
-            "name": name, "role": meta.get("role", ""), "n": meta.get("n_images"),
-            "accuracy": m.get("accuracy"), "balanced_accuracy": m.get("balanced_accuracy"),
-            "macro_f1": m.get("macro_f1"), "drop": gap.get(name),
-            "ece": _get(calib, name, "before", "ece"),
-            "referred": _get(select, name, "referred"),
-            "accepted_accuracy": _get(select, name, "accepted_accuracy"),
-            "findings": sum(1 for f in audit.get("findings") or [] if f.get("dataset") == name),
+            "name": name, "role": meta.role, "n": meta.get("n_images"),
+            "accuracy": perf.accuracy if perf else None,
+            "balanced_accuracy": perf.balanced_accuracy if perf else None,
+            "macro_f1": perf.macro_f1 if perf else None, "drop": gap.get(name),
+            "ece": calib[name].section("before").required("ece") if name in calib else None,
+            "referred": select[name].required("referred") if name in select else None,
+            "accepted_accuracy": (select[name].required("accepted_accuracy")
+                                  if name in select else None),
+            "findings": sum(1 for f in audit.findings if f.dataset == name),
         })
     return rows
 
@@ -220,23 +249,27 @@ def _key_numbers(audit: Mapping) -> list[dict]:
 def _gap_explanations(audit: Mapping) -> list[dict]:
     """Per shifted set: the accuracy gap with its CI and the findings that explain it, ranked."""
     reference = _reference(audit)
-    perf = _get(audit, "checks", "performance", "metrics", default={}) or {}
-    shift = _get(audit, "checks", "shift", "metrics", "datasets", default={}) or {}
+    perf_check, reason = check_state(audit, "performance")
+    gaps = {} if reason else perf_check.metrics.required("gap", Mapping)
+    shift = _per_set(audit, "shift", lenient=True)
+    ref_perf = performance_set(audit, reference) if reference else None
+    reference_accuracy = ref_perf.accuracy if ref_perf else None
     out = []
-    for name, meta in (audit.get("datasets") or {}).items():
-        if meta.get("role") != "shifted":
+    for name, meta in audit.datasets.items():
+        if meta.role != "shifted":
             continue
-        gap = _get(perf, "gap", name) or _get(shift, name, "drop")
+        perf = performance_set(audit, name)
+        accuracy = perf.accuracy if perf else None
+        # The drop as performance measured it; shift's own measure when performance did not.
+        gap = gaps.get(name) or (shift[name].required("drop") if name in shift else None)
         ranked = [(i, f) for i, f in _ranked(audit) if f.get("dataset") == name]
         explained = [(i, f) for i, f in ranked if _finite(f.get("gap_share"))]
         other = [(i, f) for i, f in ranked if not _finite(f.get("gap_share"))]
         out.append({
             "name": name, "reference": reference, "gap": gap,
-            "reference_accuracy": _get(perf, "datasets", reference, "accuracy"),
-            "accuracy": _get(perf, "datasets", name, "accuracy"),
-            "sentence": _gap_sentence(name, reference, gap, _get(perf, "datasets", name,
-                                                                  "accuracy"),
-                                      _get(perf, "datasets", reference, "accuracy"), explained),
+            "reference_accuracy": reference_accuracy, "accuracy": accuracy,
+            "sentence": _gap_sentence(name, reference, gap, accuracy, reference_accuracy,
+                                      explained),
             "explained": _finding_rows(explained), "other": _finding_rows(other[:5]),
         })
     return out
@@ -289,13 +322,17 @@ def _headline(audit: Mapping, key_rows: list[dict]) -> dict:
             "n_scored": sum(1 for c in checks.values() if c.get("status") in _SCORED)}
 
 
-def verdict_section(audit: Mapping, assets=None) -> dict:
-    key_rows = _key_numbers(audit)
+def verdict_section(audit: AuditDocument, assets=None) -> dict:
+    # The headline is always written; key numbers that cannot be read are named instead.
+    try:
+        key_rows, gaps, unreadable = _key_numbers(audit), _gap_explanations(audit), ""
+    except AuditJsonError as exc:
+        key_rows, gaps, unreadable = [], [], f"{type(exc).__name__}: {exc}"
     rows = [(r["name"], label, r[key]) for r in key_rows
             for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"))
             if r[key]]
     return {"available": True, "reason": "", "headline": _headline(audit, key_rows),
-            "key_numbers": key_rows, "gaps": _gap_explanations(audit),
+            "unreadable": unreadable, "key_numbers": key_rows, "gaps": gaps,
             "top_findings": _finding_rows(_ranked(audit)[:8]),
             "n_findings": len(audit.get("findings") or []),
             "figure": figures.accuracy_intervals(rows)}
@@ -479,22 +516,27 @@ def performance_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "performance")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    classes = list(m.get("class_names") or _class_names(audit))
+    m = result.metrics
+    classes = list(m.required("class_names", list))
+    gaps = m.required("gap", Mapping)
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
-        per_class = [{"class": c, **{k: _get(d, "per_class", c, k) for k in
-                                    ("precision", "recall", "f1", "support", "auc")}}
-                     for c in classes]
+    for name in result.per_set():
+        d = performance_set(audit, name)
+        per_class = []
+        for c in classes:
+            entry = d.per_class(c)
+            per_class.append({"class": c, "precision": entry.required("precision"),
+                              "recall": entry.required("recall"), "f1": entry.required("f1"),
+                              "support": entry.required("support"), "auc": entry.get("auc")})
         sets.append({
-            "name": name, "role": d.get("role", ""), "n": d.get("n"),
+            "name": name, "role": d.required("role", str), "n": d.n,
             "resampling": d.get("resampling"), "n_groups": d.get("n_groups"),
             "groups_from": d.get("groups_from"),
-            "accuracy": d.get("accuracy"), "balanced_accuracy": d.get("balanced_accuracy"),
-            "macro_f1": d.get("macro_f1"), "macro_auc": d.get("macro_auc"),
-            "gap": _get(m, "gap", name), "per_class": per_class,
-            "confusion": figures.confusion_matrix(name, _get(d, "confusion", "counts") or [],
-                                                  classes)})
+            "accuracy": d.accuracy, "balanced_accuracy": d.balanced_accuracy,
+            "macro_f1": d.macro_f1, "macro_auc": d.get("macro_auc"),
+            "gap": gaps.get(name), "per_class": per_class,
+            "confusion": figures.confusion_matrix(
+                name, d.section("confusion").required("counts", list), classes)})
     order = {"heldout": 0, "shifted": 1, "train": 2}
     sets.sort(key=lambda s: order.get(s["role"], 3))
     return {"available": True, "reason": "", **_check_header(result),
@@ -664,15 +706,15 @@ def _source_groups(m: Mapping, assets) -> dict:
 
 def _gap_factors(audit: Mapping, name: str, assets) -> dict | None:
     """The gap-factor chart and before/after examples of one shifted set, if measured."""
-    result = _get(audit, "checks", "gap_factors", default=None) or {}
-    d = _get(result, "metrics", "datasets", name, default=None)
-    if result.get("status") not in ("PASS", "WARN", "FAIL") or not isinstance(d, Mapping):
+    d = _per_set(audit, "gap_factors").get(name)
+    if d is None:   # not run, skipped, errored or no numbers for this set: no chart
         return None
-    directions = {k: {f: v.get("share") for f, v in (_get(dv, "factors", default={}) or {}).items()}
-                  for k, dv in (d.get("directions") or {}).items()}
+    result = audit.check("gap_factors")
+    directions = {k: {f: v.get("share") for f, v in dv.section("factors").items()}
+                  for k, dv in ((k, d.section("directions").section(k))
+                                for k in d.required("directions", Mapping))}
     examples = []
-    arrays = assets.npz(_get(result, "artifacts", f"examples_{name}", default=None)) \
-        if assets is not None else None
+    arrays = assets.npz(result.artifacts.get(f"examples_{name}")) if assets is not None else None
     if arrays:
         for direction in directions:
             keys = [k for k in arrays if k.startswith(f"{direction}_")]
@@ -684,13 +726,14 @@ def _gap_factors(audit: Mapping, name: str, assets) -> dict | None:
                                  "alt": f"One {direction} example image before and after each "
                                         "transform: " + ", ".join(k[len(direction) + 1:]
                                                                   for k in keys) + "."})
-    combined = d.get("combined") or {}
+    combined = d.section("combined")
     return {"figure": figures.gap_factor_shares(name, directions),
-            "explained": _get(combined, "explained", "value", default=None), "gap": d.get("gap"),
-            "sum_alone": combined.get("sum_alone_share"),
-            "interaction": combined.get("interaction_share"),
-            "beyond_gap": combined.get("beyond_gap"),
-            "unexplained": _get(combined, "unexplained", "value", default=None),
+            "explained": _get(combined.required("explained"), "value"),
+            "gap": d.required("gap"),
+            "sum_alone": combined.required("sum_alone_share"),
+            "interaction": combined.required("interaction_share"),
+            "beyond_gap": combined.required("beyond_gap"),
+            "unexplained": _get(combined.required("unexplained"), "value"),
             "examples": examples}
 
 
@@ -753,19 +796,23 @@ _CALIBRATION_ROWS = (("ece", "ECE (expected calibration error)"), ("adaptive_ece
                      ("mce", "MCE (largest bin error)"), ("brier", "Brier score"),
                      ("nll", "negative log-likelihood"), ("mean_confidence", "mean confidence"),
                      ("accuracy", "accuracy"), ("overconfidence", "confidence minus accuracy"))
+_CALIBRATION_REQUIRED = frozenset({"ece", "mce", "brier", "nll", "accuracy"})  # as the schema
 
 
 def calibration_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "calibration")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    temperature = m.get("temperature")
+    m = result.metrics
+    temperature = m.required("temperature")
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
-        by_fold = d.get("before_by_fold")
-        rows = [{"label": label, "key": key, "before": _get(d, "before", key),
-                 "before_by_fold": _get(by_fold, key), "after": _get(d, "after", key),
+    for name, d in result.per_set().items():
+        before, after = d.section("before"), d.section("after")
+        by_fold = d.get("before_by_fold")   # optional: the reference only
+        rows = [{"label": label, "key": key,
+                 "before": before.required(key) if key in _CALIBRATION_REQUIRED else before.get(key),
+                 "before_by_fold": _get(by_fold, key),
+                 "after": after.required(key) if key in _CALIBRATION_REQUIRED else after.get(key),
                  "after_in_sample": _get(d, "after_in_sample", key)}
                 for key, label in _CALIBRATION_ROWS]
         stages = {s: d.get(s) for s in ("before", "after") if d.get(s)}
@@ -1191,7 +1238,7 @@ def reproducibility_section(audit: Mapping, assets=None) -> dict:
         "versions": [{"package": p, "audit": audit_versions.get(p),
                       "training": train_versions.get(p)} for p in packages],
         "model_path": _get(audit, "model", "path"), "model_sha256": _get(audit, "model", "sha256"),
-        "schema_version": audit.get("schema_version"),
+        "schema_version": audit.schema_version,
         "datasets": [(n, d.get("source", ""), d.get("fingerprint", ""))
                      for n, d in (audit.get("datasets") or {}).items()],
         "timings": sorted((k, v) for k, v in (audit.get("timings") or {}).items()
@@ -1214,18 +1261,21 @@ BUILDERS: dict[str, Callable[..., dict]] = {
 }
 
 
-def build_context(audit: Mapping, assets=None) -> dict:
-    """The template context: header facts and one dict per section (see SECTIONS)."""
+def build_context(audit: Mapping | AuditDocument, assets=None, *, strict: bool = False) -> dict:
+    """The template context: header facts and one dict per section (see SECTIONS). `audit` is
+    read through `load_audit`; with `strict`, a section that cannot be read raises."""
+    audit = load_audit(audit)
     sections, problems = {}, []
     for anchor, _ in SECTIONS:
         if anchor == "recommendations":
             continue  # needs the others' availability for the checklist
-        sections[anchor] = _guarded(anchor, BUILDERS[anchor], audit, assets, problems)
+        sections[anchor] = _guarded(anchor, BUILDERS[anchor], audit, assets, problems,
+                                    strict=strict)
     available = {a: bool(s.get("available")) for a, s in sections.items()}
     available["recommendations"] = True  # always written: limitations need no check
     sections["recommendations"] = _guarded(
         "recommendations", lambda a, s: recommendations_section(a, s, available=available),
-        audit, assets, problems)
+        audit, assets, problems, strict=strict)
     ordered = [{"anchor": anchor, "number": i, "title": title, "heading": f"{i}. {title}",
                 "data": sections[anchor]} for i, (anchor, title) in enumerate(SECTIONS, 1)]
     model = audit.get("model") or {}
@@ -1237,15 +1287,23 @@ def build_context(audit: Mapping, assets=None) -> dict:
         "datasets": _datasets_in_order(audit),
         "reference": _reference(audit),
         "generated_from": "audit.json",
-        "schema_version": audit.get("schema_version", ""),
+        "schema_version": audit.schema_version,
         "sections": ordered, "s": sections, "problems": problems,
     }
 
 
-def _guarded(anchor: str, builder: Callable, audit: Mapping, assets, problems: list) -> dict:
+def _guarded(anchor: str, builder: Callable, audit: AuditDocument, assets, problems: list, *,
+             strict: bool = False) -> dict:
     try:
-        return builder(audit, assets)
+        section = builder(audit, assets)
+        if section.get("unreadable"):   # written, with a part it could not read
+            if strict:
+                raise AuditJsonError(section["unreadable"])
+            problems.append({"section": anchor, "error": section["unreadable"]})
+        return section
     except Exception as exc:  # noqa: BLE001 - one unreadable section must not sink the report
+        if strict:
+            raise
         detail = f"{type(exc).__name__}: {exc}"
         problems.append({"section": anchor, "error": detail})
         return _unavailable(f"the report could not read this part of audit.json ({detail})")

@@ -10,18 +10,6 @@ import pytest
 from audit.cli import main
 
 
-@pytest.fixture(scope="module")
-def audit_out(tiny_model, synthetic_sites, tmp_path_factory):
-    out = tmp_path_factory.mktemp("audit") / "out"
-    code = main(["run", "--model", str(tiny_model), "--data", f"train={synthetic_sites['train']}",
-                 "--data", f"heldout={synthetic_sites['heldout']}",
-                 "--data", f"shifted:site_b={synthetic_sites['site_b']}", "--out", str(out),
-                 "--no-explain", "--no-report", "--set", "checks.robustness.max_images=16",
-                 "--set", 'audit.cache_dir=""'])
-    assert code in (0, 1)
-    return out
-
-
 def test_run_writes_strict_json_with_every_check(audit_out):
     data = json.loads((audit_out / "audit.json").read_text())
     assert data["schema_version"] == "2.0"
