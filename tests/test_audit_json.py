@@ -305,7 +305,7 @@ def test_a_missing_required_key_is_named():
     doc = load_audit({"schema_version": "2.0", "model": {}, "datasets": {}, "checks": {
         "performance": {"status": "PASS", "metrics": {}}}})
     with pytest.raises(AuditJsonError, match=r"model has no 'class_names'"):
-        doc.model.class_names
+        _ = doc.model.class_names
     with pytest.raises(AuditJsonError, match=r"checks\.performance\.metrics has no 'datasets'"):
         performance_set(doc, "heldout")
     assert doc.check("calibration") is None      # not run: optional, explicitly
