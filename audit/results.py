@@ -189,7 +189,7 @@ class AuditResult:
         """The self-contained HTML report (the one `audit run` writes)."""
         if self.location is not None and (Path(self.location) / "report.html").is_file():
             return (Path(self.location) / "report.html").read_text(encoding="utf-8")
-        from reports.render import render_html
+        from audit.render_step import render_html
 
         return render_html(self.to_dict(), base_dir=self.location)
 

@@ -301,6 +301,15 @@ def test_the_version_check_exists_once():
     assert readers == ["audit/audit_json.py"], readers
 
 
+def test_audit_reaches_reports_only_through_the_render_step():
+    import re
+
+    pattern = re.compile(r"^\s*(import|from)\s+reports\b", re.M)
+    importers = sorted(str(p.relative_to(REPO)) for p in (REPO / "audit").rglob("*.py")
+                       if pattern.search(p.read_text(encoding="utf-8")))
+    assert importers == ["audit/render_step.py"], importers
+
+
 def test_a_missing_required_key_is_named():
     doc = load_audit({"schema_version": "2.0", "model": {}, "datasets": {}, "checks": {
         "performance": {"status": "PASS", "metrics": {}}}})
