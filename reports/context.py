@@ -550,11 +550,10 @@ def errors_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "errors")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
+    for name, d in result.per_set().items():
         gallery, missing = [], 0
-        for e in d.get("confident_errors") or []:
+        for e in d.required("confident_errors", list):
             tile = (assets.error_tile(name, e.get("path", ""), size=THUMBNAIL_PIXELS * 2)
                     if assets is not None else None)
             if tile is None:
@@ -564,21 +563,21 @@ def errors_section(audit: Mapping, assets=None) -> dict:
                             "probability": e.get("probability"),
                             "probability_true": e.get("probability_true"),
                             "path": e.get("path", "")})
-        slices = [s for s in d.get("slices") or [] if s.get("weak")]
+        slices = [s for s in d.required("slices", list) if s.get("weak")]
         slices.sort(key=lambda s: -(s.get("impact") or 0))
         per_class = [{"class": c, **_pick(v, "n", "errors", "error_rate", "error_rate_ci")}
-                     for c, v in (d.get("per_class") or {}).items()]
+                     for c, v in d.section("per_class").items()]
         sets.append({
-            "name": name, "role": d.get("role", ""), "n": d.get("n"),
-            "error_rate": d.get("error_rate"), "per_class": per_class,
+            "name": name, "role": d.required("role"), "n": d.required("n"),
+            "error_rate": d.required("error_rate"), "per_class": per_class,
             "pairs": [_pick(p, "true", "predicted", "count", "share_of_class")
-                      for p in d.get("confused_pairs") or []], "gallery": gallery,
-            "n_errors_listed": len(d.get("confident_errors") or []),
+                      for p in d.required("confused_pairs", list)], "gallery": gallery,
+            "n_errors_listed": len(d.required("confident_errors", list)),
             "gallery_missing": missing, "has_cam": any(t["cam"] for t in gallery),
             "weak_slices": [{**_pick(s, "label", "n", "error_rate", "error_rate_ci", "q_value"),
                              "property": _words(s.get("property", "")),
                              "range": _range_text(s)} for s in slices],
-            "n_slices": len(d.get("slices") or [])})
+            "n_slices": len(d.required("slices", list))})
     return {"available": True, "reason": "", **_check_header(result), "sets": sets,
             "findings": _findings_of(audit, "errors")}
 
@@ -959,26 +958,29 @@ def selective_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "selective")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    threshold = m.get("threshold") or {}
+    m = result.metrics
+    threshold = m.section("threshold")
     sets, curves = [], {}
-    for name, d in (m.get("datasets") or {}).items():
+    for name, d in result.per_set().items():
         curves[name] = d.get("risk_coverage")
-        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
-                     "accuracy": d.get("accuracy"), "accepted_accuracy": d.get("accepted_accuracy"),
-                     "accepted_ci": d.get("accepted_accuracy_ci"), "n_accepted": d.get("n_accepted"),
-                     "coverage": d.get("coverage"), "referred": d.get("referred"),
+        sets.append({"name": name, "role": d.get("role", ""), "n": d.required("n"),
+                     "accuracy": d.required("accuracy"),
+                     "accepted_accuracy": d.get("accepted_accuracy"),
+                     "accepted_ci": d.get("accepted_accuracy_ci"),
+                     "n_accepted": d.required("n_accepted"),
+                     "coverage": d.required("coverage"), "referred": d.required("referred"),
                      "basis": {"out_of_fold": "out-of-fold", "in_sample": "in-sample",
                                "measured_under_shift": "measured (no guarantee under shift)"}
                      .get(d.get("basis"), d.get("basis") or ""),
                      "in_sample": _pick(d.get("in_sample"), "accepted_accuracy", "coverage"),
-                     "aurc": d.get("aurc"), "ood_msp": _get(d, "ood_auroc", "msp"),
+                     "aurc": d.required("aurc"), "ood_msp": _get(d, "ood_auroc", "msp"),
                      "ood_energy": _get(d, "ood_auroc", "energy")})
     return {"available": True, "reason": "", **_check_header(result),
-            "threshold": threshold.get("value"), "target": threshold.get("target_accuracy"),
+            "threshold": threshold.required("value"),
+            "target": threshold.required("target_accuracy"),
             "delta": threshold.get("delta"), "naive": threshold.get("naive_value"),
             "guarantee": threshold.get("guarantee"), "folds": _get(m, "crossfit", "folds"),
-            "calibrated": threshold.get("calibrated"), "temperature": m.get("temperature"),
+            "calibrated": threshold.required("calibrated"), "temperature": m.get("temperature"),
             "reference": m.get("reference"), "sets": sets,
             "figure": figures.coverage_curves(curves, threshold.get("value"),
                                               threshold.get("target_accuracy")),
@@ -991,13 +993,14 @@ def safety_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "safety")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    reasons = list(m.get("reasons") or [])
+    m = result.metrics
+    reasons = list(m.required("reasons", list))
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
-        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
-                     "n_flagged": d.get("n_flagged"), "flagged": d.get("flagged"),
-                     "by_reason": [(r, _get(d, "by_reason", r)) for r in reasons],
+    for name, d in result.per_set().items():
+        by_reason = d.section("by_reason")
+        sets.append({"name": name, "role": d.required("role"), "n": d.required("n"),
+                     "n_flagged": d.required("n_flagged"), "flagged": d.required("flagged"),
+                     "by_reason": [(r, by_reason.get(r)) for r in reasons],
                      "accuracy_flagged": d.get("accuracy_flagged"),
                      "accuracy_unflagged": d.get("accuracy_unflagged"),
                      "basis": d.get("ood_basis", "")})
@@ -1015,11 +1018,11 @@ def label_issues_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "label_issues")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
+    m = result.metrics
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
+    for name, d in result.per_set().items():
         gallery, missing = [], 0
-        for e in d.get("issues") or []:
+        for e in d.required("issues", list):
             tile = (assets.error_tile(name, e.get("path", ""), size=THUMBNAIL_PIXELS * 2)
                     if assets is not None else None)
             if tile is None:
@@ -1028,14 +1031,14 @@ def label_issues_section(audit: Mapping, assets=None) -> dict:
             gallery.append({"image": tile["image"], **_pick(e, "path", "given", "suggested",
                                                             "probability_given",
                                                             "probability_suggested")})
-        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
-                     "n_issues": d.get("n_issues"), "share": d.get("share"),
+        sets.append({"name": name, "role": d.required("role"), "n": d.required("n"),
+                     "n_issues": d.required("n_issues"), "share": d.required("share"),
                      "accuracy": d.get("accuracy"), "accuracy_without": d.get("accuracy_without"),
                      "interpretation": d.get("interpretation", ""), "gallery": gallery,
                      "gallery_missing": missing,
-                     "n_listed": len(d.get("issues") or [])})
+                     "n_listed": len(d.required("issues", list))})
     return {"available": True, "reason": "", **_check_header(result),
-            "reference": m.get("reference"), "method": m.get("method", ""), "sets": sets,
+            "reference": m.get("reference"), "method": m.required("method"), "sets": sets,
             "findings": _findings_of(audit, "label_issues")}
 
 
