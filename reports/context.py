@@ -740,20 +740,21 @@ def shift_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "shift")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    resemblance = _get(audit, "checks", "robustness", "metrics", "datasets", default={}) or {}
+    m = result.metrics
+    # Robustness has its own section, which reports an unreadable layout.
+    resemblance = _per_set(audit, "robustness", lenient=True)
     sets, drifts = [], {}
-    for name, d in (m.get("datasets") or {}).items():
-        dec = d.get("decomposition") or {}
-        props = d.get("properties") or {}
-        drifts[name] = props
-        emb = d.get("embedding") or {}
+    for name, d in result.per_set().items():
+        dec = d.get("decomposition") or {}   # optional: absent when it cannot be computed
+        props = d.section("properties")
+        drifts[name] = props.data
+        emb = d.section("embedding")
         absorbing = d.get("absorbing") or {}
-        near = _get(resemblance, name, "nearest")
+        near = _get(resemblance.get(name), "nearest")
         sets.append({
-            "name": name, "n": d.get("n"), "drop": d.get("drop"),
-            "change": _change_text(d.get("drop")),
-            "accuracy": _pick(d.get("accuracy"), "reference", "shifted"),
+            "name": name, "n": d.required("n"), "drop": d.required("drop"),
+            "change": _change_text(d.required("drop")),
+            "accuracy": _pick(d.section("accuracy"), "reference", "shifted"),
             "prior_part": dec.get("prior_part"), "accuracy_part": dec.get("accuracy_part"),
             "prior_share": dec.get("prior_share"),
             "per_class": [{"class": c, **_pick(v, "p_ref", "p_shifted", "acc_ref", "acc_shifted",
@@ -769,7 +770,7 @@ def shift_section(audit: Mapping, assets=None) -> dict:
             "embedding": {"mmd2": emb.get("mmd2"), "p_value": emb.get("p_value"),
                           "domain_auc": emb.get("domain_auc"), "n_ref": emb.get("n_ref"),
                           "n_shifted": emb.get("n_shifted"), "n_perm": emb.get("n_perm")},
-            "confidence": {k: _pick(_get(d, "confidence", k), "mean", "correct", "wrong")
+            "confidence": {k: _pick(d.section("confidence").get(k), "mean", "correct", "wrong")
                            for k in ("reference", "shifted")},
             "absorbing": [{"class": c, "error_share": share,
                            "change": _get(absorbing, "predicted_share_change", c)}
@@ -832,9 +833,9 @@ def robustness_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "robustness")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
+    m = result.metrics
     severities = list(m.get("severities") or [])
-    corruptions = m.get("corruptions") or {}
+    corruptions = m.required("corruptions", Mapping)
     rows = [{"name": _words(n), "rce": c.get("rce"),
              "accuracy": [_get(c, "severities", str(s), "accuracy") for s in severities],
              "ece": [_get(c, "severities", str(s), "ece") for s in severities]}
@@ -849,8 +850,8 @@ def robustness_section(audit: Mapping, assets=None) -> dict:
                                     for t in d.get("top") or []]})
     return {"available": True, "reason": "", **_check_header(result),
             "reference": m.get("reference"), "n_images": m.get("n_images"),
-            "clean_accuracy": m.get("clean_accuracy"), "clean_ece": m.get("clean_ece"),
-            "mean_rce": m.get("mean_rce"), "severities": severities, "rows": rows,
+            "clean_accuracy": m.required("clean_accuracy"), "clean_ece": m.get("clean_ece"),
+            "mean_rce": m.required("mean_rce"), "severities": severities, "rows": rows,
             "status_drop": m.get("status_drop"), "resemblance": resemblance,
             "figure": figures.robustness_curves(m.get("clean_accuracy") or 0.0, severities,
                                                 corruptions),
