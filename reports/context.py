@@ -623,26 +623,27 @@ def leakage_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "leakage")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
+    m = result.metrics
     cross, within, examples = [], [], []
-    for name, d in (m.get("datasets") or {}).items():
-        if isinstance(d.get("within"), Mapping):
-            within.append(_copy_row(name, name, d["within"], d.get("n")))
-        for other, entry in (d.get("against") or {}).items():
-            cross.append(_copy_row(name, other, entry, d.get("n")))
+    for name, d in result.per_set().items():
+        n = d.required("n")
+        if isinstance(d.get("within"), Mapping):   # optional: sets compared with themselves
+            within.append(_copy_row(name, name, d["within"], n))
+        for other, entry in (d.get("against") or {}).items():   # optional: train has none
+            cross.append(_copy_row(name, other, entry, n))
             pairs = (assets.copy_pairs(name, other, entry.get("examples") or [],
                                        limit=LEAK_EXAMPLES, size=THUMBNAIL_PIXELS)
                      if assets is not None else [])
             if entry.get("examples"):
                 examples.append({"query": name, "against": other, "pairs": pairs,
                                  "n_listed": len(entry["examples"])})
-    criteria = ["a byte-identical file", f"a perceptual hash within {m.get('max_hash_distance')} "
+    criteria = ["a byte-identical file", f"a perceptual hash within {m.required('max_hash_distance')} "
                 "bits" + (f" in any of {m['hash_orientations']} rotations/mirrorings"
                            if (m.get("hash_orientations") or 1) > 1 else "")]
     if m.get("cosine_min") is not None:
         criteria.append(f"an embedding cosine similarity of at least {m['cosine_min']:.2f}")
     return {"available": True, "reason": "", **_check_header(result),
-            "criteria": ", or ".join(criteria), "leaked_share": m.get("leaked_share"),
+            "criteria": ", or ".join(criteria), "leaked_share": m.required("leaked_share"),
             "cross": cross, "within": within, "examples": examples,
             "sources": _source_groups(m, assets),
             "findings": _findings_of(audit, "leakage")}
@@ -655,7 +656,7 @@ def _source_groups(m: Mapping, assets) -> dict:
     """Discovered source groups (checks.leakage.source_groups): per set how many groups and
     their sizes, distinct cells per class, verified copies in training, and pictures of
     verified pairs so a reviewer can see the groups are real; or how to turn it on."""
-    state = m.get("source_groups") or {}
+    state = m.section("source_groups")
     if not state.get("run"):
         return {"run": False, "how_to_enable": state.get("how_to_enable") or
                 "--set checks.leakage.source_groups=true"}
