@@ -20,7 +20,11 @@ from pathlib import Path
 from audit.errors import InputError, UsageError
 from audit.tomlcompat import tomllib
 
-__all__ = ["AUDIT_DEFAULTS", "default_config", "load_config", "apply_override"]
+__all__ = ["AUDIT_DEFAULTS", "RENAMED", "default_config", "load_config", "apply_override"]
+
+# Sections and check names renamed since earlier releases: old -> new. A config that still uses
+# an old name stops with one line naming the new one (never silently ignored).
+RENAMED = {"checks.attribution": "checks.gap_factors"}
 
 AUDIT_DEFAULTS = {
     "seed": 0,
@@ -55,6 +59,10 @@ def validate_config(config: dict) -> None:
     validate(config["audit"], _audit_limits(), (), where="audit")
     registry = load_builtin_checks()
     unknown = sorted(set(config["audit"]["checks"]) - set(registry))
+    for name in unknown:
+        if f"checks.{name}" in RENAMED:
+            raise UsageError(f"audit.checks: the check '{name}' is now called "
+                             f"'{RENAMED['checks.' + name].split('.', 1)[1]}'")
     if unknown:
         raise UsageError(f"audit.checks: unknown check(s) {unknown}; known: {list(registry)}")
     validate(config["explain"], explain_limits(), (), where="explain")
@@ -75,8 +83,20 @@ def default_config() -> dict:
     }
 
 
+def _renamed(where: str, key: str) -> tuple[str, str] | None:
+    """(old, new) when `key` under `where` ("config.checks", "config 'a.toml'.checks",
+    "--set.checks") is a renamed section."""
+    sections = where.rsplit("'", 1)[-1].split(".")[1:]   # after the file name, if any
+    old = ".".join([*sections, key])
+    return (old, RENAMED[old]) if old in RENAMED else None
+
+
 def _merge(base: dict, update: dict, *, where: str) -> None:
     for key, value in update.items():
+        renamed = _renamed(where, key)
+        if key not in base and renamed:
+            raise UsageError(f"{where}: section [{renamed[0]}] was renamed; use "
+                             f"[{renamed[1]}] instead")
         if key not in base:
             known = ", ".join(sorted(base)) or "none"
             raise UsageError(f"{where}: unknown key '{key}' (known: {known})")

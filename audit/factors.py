@@ -416,7 +416,7 @@ def _solve_monotone(measure, low: float, high: float, goal: float, *, increasing
 
 
 # fit_factors needs the sharpness fit of a pair of samples in both directions, for colour at
-# equal focus, background donors and the factor itself; the attribution check fits both
+# equal focus, background donors and the factor itself; the gap-factors check fits both
 # directions of each pair. One bisection per (source, target) pair: keyed by the image
 # arrays' identity, held only while both arrays live.
 _SHARPNESS_FITS: dict[tuple[int, int, bool], tuple] = {}
@@ -542,7 +542,7 @@ def fit_factors(source: SetSample, target: SetSample, names: Sequence[str], *,
     (on a synthetic site blurred by 1.5 px and nothing else, a raw Macenko fit would scale stain
     amounts by 1.6 and "recover" 25 points by sharpening contrast). Cells of both sets are
     segmented in one set's colours, `segment_in` ("target" or
-    "source"; the attribution check uses the reference's): the other set is first Macenko
+    "source"; the gap-factors check uses the reference's): the other set is first Macenko
     stain-matched to it. The mask reads stain colour, so a colour shift would otherwise pass for
     a size change (on a synthetic site with a 60-degree hue shift, 38 of 64 cells are found
     unmatched or Reinhard-matched, all 64 Macenko-matched, IoU 0.86 with the true masks).

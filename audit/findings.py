@@ -2,9 +2,9 @@
 
 One ranking across checks. Measured causes (a finding with a `gap_share`: a factor measured by
 intervention, copies between training and validation, changed class proportions) come first,
-largest share first. The attribution check's "not explained by the measured factors"
+largest share first. The gap-factors check's "not explained by the measured factors"
 remainder only knows its own image factors: before it is ranked, the shares that other checks
-explain of the same gap (leakage's copies; prior shift when the attribution did not include
+explain of the same gap (leakage's copies; prior shift when the gap-factors check did not include
 class proportions) are subtracted from it, and it never ranks above a measured cause.
 Findings without a measured share follow, by `impact` (accuracy points at stake).
 
@@ -21,10 +21,10 @@ from audit.results import CheckResult, Finding
 
 __all__ = ["rank_findings", "REMAINDER_KINDS", "FIRST_RANK_KINDS", "adjust_remainders"]
 
-REMAINDER_KINDS = frozenset({"attribution_unexplained"})
+REMAINDER_KINDS = frozenset({"gap_factors_unexplained"})
 FIRST_RANK_KINDS = frozenset({"few_cells"})  # leakage: a class resting on a handful of cells
-# Measured causes outside the attribution's image factors, by kind; "priors" marks the one the
-# attribution measures itself when its factors include class proportions.
+# Measured causes outside the gap-factors check's image factors, by kind; "priors" marks the one the
+# gap-factors check measures itself when its factors include class proportions.
 _EXTERNAL_CAUSES = {"train_leak": None, "prior_shift": "priors"}
 
 

@@ -12,13 +12,13 @@ threshold (every image, if the audit could certify none).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from audit.audit_json import AuditDocument, AuditJsonError, load_audit
 from audit.errors import InputError
 
 __all__ = ["collect_images", "audit_calibration", "audit_referral", "Referral", "SafetyRules",
@@ -46,18 +46,18 @@ def collect_images(items: list[str]) -> list[str]:
     return paths
 
 
-def _read_audit(audit_path: str | Path, model_sha256: str) -> tuple[Path, dict]:
-    path = Path(audit_path)
-    if path.is_dir():
-        path = path / "audit.json"
+def _read_audit(audit_path: str | Path, model_sha256: str) -> AuditDocument:
+    """The audit (through the one loader: version checked, older schema migrated), refused
+    when it was computed for another model."""
     try:
-        audit = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"--audit '{audit_path}': cannot read audit JSON ({exc})") from exc
-    if audit.get("model", {}).get("sha256") != model_sha256:
+        audit = load_audit(audit_path, label="--audit")
+        sha = audit.model.sha256
+    except AuditJsonError as exc:
+        raise InputError(str(exc)) from None
+    if sha != model_sha256:
         raise InputError(f"--audit '{audit_path}' was computed for another model (sha256 "
-                         f"{str(audit.get('model', {}).get('sha256'))[:12]}...); re-run the audit")
-    return path, audit
+                         f"{sha[:12] or 'None'}...); re-run the audit")
+    return audit
 
 
 def audit_calibration(audit_path: str | Path, model_sha256: str) -> tuple[float, float | None]:
@@ -102,15 +102,19 @@ def audit_referral(audit_path: str | Path, model_sha256: str) -> Referral:
     """The audit's temperature, threshold and safety model for this very model."""
     from audit.safety import OODModel
 
-    path, audit = _read_audit(audit_path, model_sha256)
-    checks = audit.get("checks", {})
-    temperature = checks.get("calibration", {}).get("metrics", {}).get("temperature") or 1.0
-    threshold = checks.get("selective", {}).get("metrics", {}).get("threshold", {})
+    audit = _read_audit(audit_path, model_sha256)
+    # Each part is optional: a check that was not run (or not computed) refers nothing.
+    calibration, selective, safety_check = (audit.check(n) for n in
+                                            ("calibration", "selective", "safety"))
+    temperature = ((calibration.metrics.get("temperature") if calibration and calibration.computed
+                    else None) or 1.0)
+    threshold = (selective.metrics.section("threshold") if selective and selective.computed
+                 else {})
     calibrated = threshold.get("calibrated", False)
     safety = SafetyRules()
-    relative = checks.get("safety", {}).get("artifacts", {}).get("model")
+    relative = safety_check.artifacts.get("model") if safety_check else None
     if relative:
-        model_file = path.parent / relative
+        model_file = audit.base_dir / relative
         try:
             with np.load(model_file, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}

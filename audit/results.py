@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from audit.audit_json import SCHEMA_VERSION, load_audit
+
 __all__ = ["Status", "Finding", "CheckResult", "AuditResult", "clean", "worst_status",
            "SCHEMA_VERSION"]
-
-SCHEMA_VERSION = "1.0"
 
 
 class Status(str, Enum):
@@ -152,22 +152,15 @@ class AuditResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AuditResult:
-        """Read an `audit.json` (or the folder holding it)."""
-        import json
-
+        """Read an `audit.json` (or the folder holding it); an older schema is migrated."""
         from audit.errors import InputError
 
-        path = Path(path)
-        if path.is_dir():
-            path = path / "audit.json"
+        doc = load_audit(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            result = cls.from_dict(data)
-        except OSError as exc:
-            raise InputError(f"cannot read audit '{path}': {exc.strerror or exc}") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"'{path}' is not a CellAudit audit.json: {exc}") from None
-        result.location = path.parent
+            result = cls.from_dict(doc)
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{doc.where} is not a CellAudit audit.json: {exc}") from None
+        result.location = doc.base_dir
         return result
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -196,7 +189,7 @@ class AuditResult:
         """The self-contained HTML report (the one `audit run` writes)."""
         if self.location is not None and (Path(self.location) / "report.html").is_file():
             return (Path(self.location) / "report.html").read_text(encoding="utf-8")
-        from reports.render import render_html
+        from audit.render_step import render_html
 
         return render_html(self.to_dict(), base_dir=self.location)
 
@@ -230,15 +223,15 @@ class AuditResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> AuditResult:
-        major = str(data.get("schema_version", "0")).split(".")[0]
-        if major != SCHEMA_VERSION.split(".")[0]:
-            raise ValueError(f"audit.json schema {data.get('schema_version')!r} is not "
-                             f"compatible with {SCHEMA_VERSION}")
+        """From audit.json's dict (through `audit.audit_json.load_audit`: version checked,
+        an older schema migrated, required keys named when missing)."""
+        doc = load_audit(data)
         return cls(
-            model=data["model"], datasets=data["datasets"], config=data["config"],
-            checks={k: CheckResult.from_dict(v) for k, v in data["checks"].items()},
-            findings=[Finding.from_dict(f) for f in data.get("findings", [])],
-            versions=data.get("versions", {}), timings=data.get("timings", {}),
-            command=data.get("command", []), explanations=data.get("explanations", {}),
-            engine=data.get("engine", {}), schema_version=data["schema_version"],
+            model=dict(doc.model), datasets={k: dict(v) for k, v in doc.datasets.items()},
+            config=dict(doc.config),
+            checks={k: CheckResult.from_dict(dict(v)) for k, v in doc.checks.items()},
+            findings=[Finding.from_dict(dict(f)) for f in doc.findings],
+            versions=doc.get("versions") or {}, timings=dict(doc.timings),
+            command=doc.get("command") or [], explanations=doc.get("explanations") or {},
+            engine=dict(doc.engine), schema_version=doc.schema_version,
         )

@@ -266,12 +266,12 @@ def _run_explanations(ctx: AuditContext) -> dict:
 
 
 def _render_report(staging: Path) -> None:
-    try:
-        from reports.render import render_report
-    except ModuleNotFoundError:
+    from audit import render_step
+
+    if not render_step.available():
         return
     try:
-        render_report(staging / "audit.json", staging / "report.html")
+        render_step.render_report(staging / "audit.json", staging / "report.html")
     except Exception as exc:  # noqa: BLE001 - the audit stands without its report
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         print(f"warning: report not written ({detail}); re-render with `audit report`",

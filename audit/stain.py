@@ -7,7 +7,7 @@ iterable of uint8 (N, H, W, 3) batches, subsampled per image so sets of any size
 `target` statistics. `source=None` fits each image on its own: per-image normalisation at the
 input of a model (a training or inference remedy). With set-level `source` statistics every
 image gets the same mapping, so differences between images of one set are kept: the mapping
-changes only what differs between the two sets (the attribution check's colour factor).
+changes only what differs between the two sets (the gap-factors check's colour factor).
 
 Reinhard (Reinhard et al., 2001): per channel of CIE Lab (D65), (x - mean_s) / std_s * std_t +
 mean_t. Macenko (Macenko et al., 2009): optical density OD = -log((I + 1) / (I0 + 1)), with I0,

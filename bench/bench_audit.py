@@ -191,7 +191,7 @@ class Breakdown:
             ("audit.imaging", "perceptual_hash", self.timed("perceptual_hash")),
             ("audit.duplicates", "file_digests", self.timed("file digests (sha256)")),
             ("audit.corruptions", "corrupt", self.timed("corrupt")),
-            ("audit.checks.attribution", "_fit_sample", self.timed("fit sample (decode+mask)")),
+            ("audit.checks.gap_factors", "_fit_sample", self.timed("fit sample (decode+mask)")),
             ("audit.factors", "fit_factors", self.timed("fit_factors")),
             ("audit.factors", "step", self.timed("factor transform (step)")),
             ("audit.thumbnails", "save_thumbnails", self.timed("save_thumbnails")),

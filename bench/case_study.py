@@ -87,7 +87,7 @@ AUDIT_BUDGET = ["--set", "checks.robustness.max_images=64", "--no-explain"]
 EXPLAINED = ["--set", "checks.robustness.max_images=64"]
 # Remedy comparisons need accuracy with intervals and what still drives the drop, not the
 # leakage, robustness and explanation evidence the baseline audit already shows.
-REMEDY_BUDGET = ["--checks", "performance,calibration,shift,attribution", "--no-explain"]
+REMEDY_BUDGET = ["--checks", "performance,calibration,shift,gap_factors", "--no-explain"]
 # The study's two epochs were over the full Kaggle TRAIN (~10,000 augmented images, ~600 steps
 # at batch 32); our copy holds 2,000, so 2 epochs are only 100 steps and leave the linear head
 # far from converged (validation 46% at lr 1e-3, 61% at 1e-2). Ten epochs at 1e-2 match the

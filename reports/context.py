@@ -17,6 +17,14 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from audit.audit_json import (
+    AuditDocument,
+    AuditJsonError,
+    CheckView,
+    View,
+    load_audit,
+    performance_set,
+)
 from reports import figures
 
 __all__ = ["SECTIONS", "SECTION_TITLES", "build_context", "pct", "ci_text", "num", "p_text",
@@ -136,19 +144,35 @@ def _words(name: str) -> str:
 
 # ---------------------------------------------------------------- shared pieces
 
-def check_state(audit: Mapping, name: str) -> tuple[Mapping | None, str]:
-    """(check result, "") when it produced numbers, else (result or None, reason)."""
-    result = _get(audit, "checks", name)
+def check_state(audit: Mapping | AuditDocument, name: str) -> tuple[CheckView | None, str]:
+    """(check result, "") when it produced numbers, else (result or None, reason). The
+    result's status is required (AuditJsonError naming it when missing or unknown)."""
+    result = load_audit(audit).check(name)
     if result is None:
         return None, f"the {name} check was not run (not selected, or not available)"
-    status = result.get("status")
+    status = result.status
     if status == "ERROR":
-        return result, f"the {name} check failed: {result.get('error') or result.get('summary')}"
+        return result, f"the {name} check failed: {result.error or result.summary}"
     if status == "SKIP":
-        return result, f"{result.get('summary') or f'the {name} check did not apply'}"
+        return result, f"{result.summary or f'the {name} check did not apply'}"
     if not isinstance(result.get("metrics"), Mapping) or not result["metrics"]:
         return result, f"the {name} check recorded no metrics"
     return result, ""
+
+
+def _per_set(audit: AuditDocument, name: str, *, lenient: bool = False) -> dict[str, View]:
+    """The check's per-dataset numbers as views; {} when it computed none (not run, ERROR,
+    SKIP). A computed check without them raises AuditJsonError, or with `lenient` (another
+    section shows that check's problem) gives {}."""
+    result, reason = check_state(audit, name)
+    if reason:
+        return {}
+    try:
+        return result.per_set()
+    except AuditJsonError:
+        if lenient:
+            return {}
+        raise
 
 
 def _unavailable(reason: str, **extra: Any) -> dict:
@@ -193,26 +217,31 @@ def _findings_of(audit: Mapping, check: str) -> list[dict]:
 
 # ---------------------------------------------------------------- 1. verdict
 
-def _key_numbers(audit: Mapping) -> list[dict]:
-    """One row per evaluated dataset: accuracy, balanced accuracy, macro-F1 (CIs), ECE, referral."""
-    perf = _get(audit, "checks", "performance", "metrics", "datasets", default={}) or {}
-    calib = _get(audit, "checks", "calibration", "metrics", "datasets", default={}) or {}
-    select = _get(audit, "checks", "selective", "metrics", "datasets", default={}) or {}
-    gap = _get(audit, "checks", "performance", "metrics", "gap", default={}) or {}
+def _key_numbers(audit: AuditDocument) -> list[dict]:
+    """One row per evaluated dataset: accuracy, balanced accuracy, macro-F1 (CIs), ECE, referral.
+    A number is None only when its check did not compute this set; a computed set missing a
+    key raises (the verdict then names the key instead of showing "n/a")."""
+    perf_check, reason = check_state(audit, "performance")
+    gap = {} if reason else perf_check.metrics.required("gap", Mapping)
+    # Calibration and referral have their own sections, which report an unreadable layout.
+    calib = _per_set(audit, "calibration", lenient=True)
+    select = _per_set(audit, "selective", lenient=True)
     rows = []
     for name in _datasets_in_order(audit):
-        meta = audit["datasets"][name]
-        if meta.get("role") == "train":
+        meta = audit.dataset(name)
+        if meta.role == "train":
             continue
-        m = perf.get(name, {})
+        perf = performance_set(audit, name)
         rows.append({
-            "name": name, "role": meta.get("role", ""), "n": meta.get("n_images"),
-            "accuracy": m.get("accuracy"), "balanced_accuracy": m.get("balanced_accuracy"),
-            "macro_f1": m.get("macro_f1"), "drop": gap.get(name),
-            "ece": _get(calib, name, "before", "ece"),
-            "referred": _get(select, name, "referred"),
-            "accepted_accuracy": _get(select, name, "accepted_accuracy"),
-            "findings": sum(1 for f in audit.get("findings") or [] if f.get("dataset") == name),
+            "name": name, "role": meta.role, "n": meta.get("n_images"),
+            "accuracy": perf.accuracy if perf else None,
+            "balanced_accuracy": perf.balanced_accuracy if perf else None,
+            "macro_f1": perf.macro_f1 if perf else None, "drop": gap.get(name),
+            "ece": calib[name].section("before").required("ece") if name in calib else None,
+            "referred": select[name].required("referred") if name in select else None,
+            "accepted_accuracy": (select[name].required("accepted_accuracy")
+                                  if name in select else None),
+            "findings": sum(1 for f in audit.findings if f.dataset == name),
         })
     return rows
 
@@ -220,23 +249,27 @@ def _key_numbers(audit: Mapping) -> list[dict]:
 def _gap_explanations(audit: Mapping) -> list[dict]:
     """Per shifted set: the accuracy gap with its CI and the findings that explain it, ranked."""
     reference = _reference(audit)
-    perf = _get(audit, "checks", "performance", "metrics", default={}) or {}
-    shift = _get(audit, "checks", "shift", "metrics", "datasets", default={}) or {}
+    perf_check, reason = check_state(audit, "performance")
+    gaps = {} if reason else perf_check.metrics.required("gap", Mapping)
+    shift = _per_set(audit, "shift", lenient=True)
+    ref_perf = performance_set(audit, reference) if reference else None
+    reference_accuracy = ref_perf.accuracy if ref_perf else None
     out = []
-    for name, meta in (audit.get("datasets") or {}).items():
-        if meta.get("role") != "shifted":
+    for name, meta in audit.datasets.items():
+        if meta.role != "shifted":
             continue
-        gap = _get(perf, "gap", name) or _get(shift, name, "drop")
+        perf = performance_set(audit, name)
+        accuracy = perf.accuracy if perf else None
+        # The drop as performance measured it; shift's own measure when performance did not.
+        gap = gaps.get(name) or (shift[name].required("drop") if name in shift else None)
         ranked = [(i, f) for i, f in _ranked(audit) if f.get("dataset") == name]
         explained = [(i, f) for i, f in ranked if _finite(f.get("gap_share"))]
         other = [(i, f) for i, f in ranked if not _finite(f.get("gap_share"))]
         out.append({
             "name": name, "reference": reference, "gap": gap,
-            "reference_accuracy": _get(perf, "datasets", reference, "accuracy"),
-            "accuracy": _get(perf, "datasets", name, "accuracy"),
-            "sentence": _gap_sentence(name, reference, gap, _get(perf, "datasets", name,
-                                                                  "accuracy"),
-                                      _get(perf, "datasets", reference, "accuracy"), explained),
+            "reference_accuracy": reference_accuracy, "accuracy": accuracy,
+            "sentence": _gap_sentence(name, reference, gap, accuracy, reference_accuracy,
+                                      explained),
             "explained": _finding_rows(explained), "other": _finding_rows(other[:5]),
         })
     return out
@@ -289,13 +322,17 @@ def _headline(audit: Mapping, key_rows: list[dict]) -> dict:
             "n_scored": sum(1 for c in checks.values() if c.get("status") in _SCORED)}
 
 
-def verdict_section(audit: Mapping, assets=None) -> dict:
-    key_rows = _key_numbers(audit)
+def verdict_section(audit: AuditDocument, assets=None) -> dict:
+    # The headline is always written; key numbers that cannot be read are named instead.
+    try:
+        key_rows, gaps, unreadable = _key_numbers(audit), _gap_explanations(audit), ""
+    except AuditJsonError as exc:
+        key_rows, gaps, unreadable = [], [], f"{type(exc).__name__}: {exc}"
     rows = [(r["name"], label, r[key]) for r in key_rows
             for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"))
             if r[key]]
     return {"available": True, "reason": "", "headline": _headline(audit, key_rows),
-            "key_numbers": key_rows, "gaps": _gap_explanations(audit),
+            "unreadable": unreadable, "key_numbers": key_rows, "gaps": gaps,
             "top_findings": _finding_rows(_ranked(audit)[:8]),
             "n_findings": len(audit.get("findings") or []),
             "figure": figures.accuracy_intervals(rows)}
@@ -479,22 +516,27 @@ def performance_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "performance")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    classes = list(m.get("class_names") or _class_names(audit))
+    m = result.metrics
+    classes = list(m.required("class_names", list))
+    gaps = m.required("gap", Mapping)
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
-        per_class = [{"class": c, **{k: _get(d, "per_class", c, k) for k in
-                                    ("precision", "recall", "f1", "support", "auc")}}
-                     for c in classes]
+    for name in result.per_set():
+        d = performance_set(audit, name)
+        per_class = []
+        for c in classes:
+            entry = d.per_class(c)
+            per_class.append({"class": c, "precision": entry.required("precision"),
+                              "recall": entry.required("recall"), "f1": entry.required("f1"),
+                              "support": entry.required("support"), "auc": entry.get("auc")})
         sets.append({
-            "name": name, "role": d.get("role", ""), "n": d.get("n"),
+            "name": name, "role": d.required("role", str), "n": d.n,
             "resampling": d.get("resampling"), "n_groups": d.get("n_groups"),
             "groups_from": d.get("groups_from"),
-            "accuracy": d.get("accuracy"), "balanced_accuracy": d.get("balanced_accuracy"),
-            "macro_f1": d.get("macro_f1"), "macro_auc": d.get("macro_auc"),
-            "gap": _get(m, "gap", name), "per_class": per_class,
-            "confusion": figures.confusion_matrix(name, _get(d, "confusion", "counts") or [],
-                                                  classes)})
+            "accuracy": d.accuracy, "balanced_accuracy": d.balanced_accuracy,
+            "macro_f1": d.macro_f1, "macro_auc": d.get("macro_auc"),
+            "gap": gaps.get(name), "per_class": per_class,
+            "confusion": figures.confusion_matrix(
+                name, d.section("confusion").required("counts", list), classes)})
     order = {"heldout": 0, "shifted": 1, "train": 2}
     sets.sort(key=lambda s: order.get(s["role"], 3))
     return {"available": True, "reason": "", **_check_header(result),
@@ -508,11 +550,10 @@ def errors_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "errors")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
+    for name, d in result.per_set().items():
         gallery, missing = [], 0
-        for e in d.get("confident_errors") or []:
+        for e in d.required("confident_errors", list):
             tile = (assets.error_tile(name, e.get("path", ""), size=THUMBNAIL_PIXELS * 2)
                     if assets is not None else None)
             if tile is None:
@@ -522,21 +563,21 @@ def errors_section(audit: Mapping, assets=None) -> dict:
                             "probability": e.get("probability"),
                             "probability_true": e.get("probability_true"),
                             "path": e.get("path", "")})
-        slices = [s for s in d.get("slices") or [] if s.get("weak")]
+        slices = [s for s in d.required("slices", list) if s.get("weak")]
         slices.sort(key=lambda s: -(s.get("impact") or 0))
         per_class = [{"class": c, **_pick(v, "n", "errors", "error_rate", "error_rate_ci")}
-                     for c, v in (d.get("per_class") or {}).items()]
+                     for c, v in d.section("per_class").items()]
         sets.append({
-            "name": name, "role": d.get("role", ""), "n": d.get("n"),
-            "error_rate": d.get("error_rate"), "per_class": per_class,
+            "name": name, "role": d.required("role"), "n": d.required("n"),
+            "error_rate": d.required("error_rate"), "per_class": per_class,
             "pairs": [_pick(p, "true", "predicted", "count", "share_of_class")
-                      for p in d.get("confused_pairs") or []], "gallery": gallery,
-            "n_errors_listed": len(d.get("confident_errors") or []),
+                      for p in d.required("confused_pairs", list)], "gallery": gallery,
+            "n_errors_listed": len(d.required("confident_errors", list)),
             "gallery_missing": missing, "has_cam": any(t["cam"] for t in gallery),
             "weak_slices": [{**_pick(s, "label", "n", "error_rate", "error_rate_ci", "q_value"),
                              "property": _words(s.get("property", "")),
                              "range": _range_text(s)} for s in slices],
-            "n_slices": len(d.get("slices") or [])})
+            "n_slices": len(d.required("slices", list))})
     return {"available": True, "reason": "", **_check_header(result), "sets": sets,
             "findings": _findings_of(audit, "errors")}
 
@@ -582,26 +623,27 @@ def leakage_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "leakage")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
+    m = result.metrics
     cross, within, examples = [], [], []
-    for name, d in (m.get("datasets") or {}).items():
-        if isinstance(d.get("within"), Mapping):
-            within.append(_copy_row(name, name, d["within"], d.get("n")))
-        for other, entry in (d.get("against") or {}).items():
-            cross.append(_copy_row(name, other, entry, d.get("n")))
+    for name, d in result.per_set().items():
+        n = d.required("n")
+        if isinstance(d.get("within"), Mapping):   # optional: sets compared with themselves
+            within.append(_copy_row(name, name, d["within"], n))
+        for other, entry in (d.get("against") or {}).items():   # optional: train has none
+            cross.append(_copy_row(name, other, entry, n))
             pairs = (assets.copy_pairs(name, other, entry.get("examples") or [],
                                        limit=LEAK_EXAMPLES, size=THUMBNAIL_PIXELS)
                      if assets is not None else [])
             if entry.get("examples"):
                 examples.append({"query": name, "against": other, "pairs": pairs,
                                  "n_listed": len(entry["examples"])})
-    criteria = ["a byte-identical file", f"a perceptual hash within {m.get('max_hash_distance')} "
+    criteria = ["a byte-identical file", f"a perceptual hash within {m.required('max_hash_distance')} "
                 "bits" + (f" in any of {m['hash_orientations']} rotations/mirrorings"
                            if (m.get("hash_orientations") or 1) > 1 else "")]
     if m.get("cosine_min") is not None:
         criteria.append(f"an embedding cosine similarity of at least {m['cosine_min']:.2f}")
     return {"available": True, "reason": "", **_check_header(result),
-            "criteria": ", or ".join(criteria), "leaked_share": m.get("leaked_share"),
+            "criteria": ", or ".join(criteria), "leaked_share": m.required("leaked_share"),
             "cross": cross, "within": within, "examples": examples,
             "sources": _source_groups(m, assets),
             "findings": _findings_of(audit, "leakage")}
@@ -614,7 +656,7 @@ def _source_groups(m: Mapping, assets) -> dict:
     """Discovered source groups (checks.leakage.source_groups): per set how many groups and
     their sizes, distinct cells per class, verified copies in training, and pictures of
     verified pairs so a reviewer can see the groups are real; or how to turn it on."""
-    state = m.get("source_groups") or {}
+    state = m.section("source_groups")
     if not state.get("run"):
         return {"run": False, "how_to_enable": state.get("how_to_enable") or
                 "--set checks.leakage.source_groups=true"}
@@ -662,17 +704,17 @@ def _source_groups(m: Mapping, assets) -> dict:
 
 # ---------------------------------------------------------------- 7. shift
 
-def _attribution(audit: Mapping, name: str, assets) -> dict | None:
-    """The gap-attribution chart and before/after examples of one shifted set, if measured."""
-    result = _get(audit, "checks", "attribution", default=None) or {}
-    d = _get(result, "metrics", "datasets", name, default=None)
-    if result.get("status") not in ("PASS", "WARN", "FAIL") or not isinstance(d, Mapping):
+def _gap_factors(audit: Mapping, name: str, assets) -> dict | None:
+    """The gap-factor chart and before/after examples of one shifted set, if measured."""
+    d = _per_set(audit, "gap_factors").get(name)
+    if d is None:   # not run, skipped, errored or no numbers for this set: no chart
         return None
-    directions = {k: {f: v.get("share") for f, v in (_get(dv, "factors", default={}) or {}).items()}
-                  for k, dv in (d.get("directions") or {}).items()}
+    result = audit.check("gap_factors")
+    directions = {k: {f: v.get("share") for f, v in dv.section("factors").items()}
+                  for k, dv in ((k, d.section("directions").section(k))
+                                for k in d.required("directions", Mapping))}
     examples = []
-    arrays = assets.npz(_get(result, "artifacts", f"examples_{name}", default=None)) \
-        if assets is not None else None
+    arrays = assets.npz(result.artifacts.get(f"examples_{name}")) if assets is not None else None
     if arrays:
         for direction in directions:
             keys = [k for k in arrays if k.startswith(f"{direction}_")]
@@ -684,13 +726,14 @@ def _attribution(audit: Mapping, name: str, assets) -> dict | None:
                                  "alt": f"One {direction} example image before and after each "
                                         "transform: " + ", ".join(k[len(direction) + 1:]
                                                                   for k in keys) + "."})
-    combined = d.get("combined") or {}
-    return {"figure": figures.attribution_shares(name, directions),
-            "explained": _get(combined, "explained", "value", default=None), "gap": d.get("gap"),
-            "sum_alone": combined.get("sum_alone_share"),
-            "interaction": combined.get("interaction_share"),
-            "beyond_gap": combined.get("beyond_gap"),
-            "unexplained": _get(combined, "unexplained", "value", default=None),
+    combined = d.section("combined")
+    return {"figure": figures.gap_factor_shares(name, directions),
+            "explained": _get(combined.required("explained"), "value"),
+            "gap": d.required("gap"),
+            "sum_alone": combined.required("sum_alone_share"),
+            "interaction": combined.required("interaction_share"),
+            "beyond_gap": combined.required("beyond_gap"),
+            "unexplained": _get(combined.required("unexplained"), "value"),
             "examples": examples}
 
 
@@ -698,20 +741,21 @@ def shift_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "shift")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    resemblance = _get(audit, "checks", "robustness", "metrics", "datasets", default={}) or {}
+    m = result.metrics
+    # Robustness has its own section, which reports an unreadable layout.
+    resemblance = _per_set(audit, "robustness", lenient=True)
     sets, drifts = [], {}
-    for name, d in (m.get("datasets") or {}).items():
-        dec = d.get("decomposition") or {}
-        props = d.get("properties") or {}
-        drifts[name] = props
-        emb = d.get("embedding") or {}
+    for name, d in result.per_set().items():
+        dec = d.get("decomposition") or {}   # optional: absent when it cannot be computed
+        props = d.section("properties")
+        drifts[name] = props.data
+        emb = d.section("embedding")
         absorbing = d.get("absorbing") or {}
-        near = _get(resemblance, name, "nearest")
+        near = _get(resemblance.get(name), "nearest")
         sets.append({
-            "name": name, "n": d.get("n"), "drop": d.get("drop"),
-            "change": _change_text(d.get("drop")),
-            "accuracy": _pick(d.get("accuracy"), "reference", "shifted"),
+            "name": name, "n": d.required("n"), "drop": d.required("drop"),
+            "change": _change_text(d.required("drop")),
+            "accuracy": _pick(d.section("accuracy"), "reference", "shifted"),
             "prior_part": dec.get("prior_part"), "accuracy_part": dec.get("accuracy_part"),
             "prior_share": dec.get("prior_share"),
             "per_class": [{"class": c, **_pick(v, "p_ref", "p_shifted", "acc_ref", "acc_shifted",
@@ -727,7 +771,7 @@ def shift_section(audit: Mapping, assets=None) -> dict:
             "embedding": {"mmd2": emb.get("mmd2"), "p_value": emb.get("p_value"),
                           "domain_auc": emb.get("domain_auc"), "n_ref": emb.get("n_ref"),
                           "n_shifted": emb.get("n_shifted"), "n_perm": emb.get("n_perm")},
-            "confidence": {k: _pick(_get(d, "confidence", k), "mean", "correct", "wrong")
+            "confidence": {k: _pick(d.section("confidence").get(k), "mean", "correct", "wrong")
                            for k in ("reference", "shifted")},
             "absorbing": [{"class": c, "error_share": share,
                            "change": _get(absorbing, "predicted_share_change", c)}
@@ -740,7 +784,7 @@ def shift_section(audit: Mapping, assets=None) -> dict:
                         if isinstance(near, Mapping) else None),
         })
     for entry in sets:
-        entry["attribution"] = _attribution(audit, entry["name"], assets)
+        entry["gap_factors"] = _gap_factors(audit, entry["name"], assets)
     return {"available": True, "reason": "", **_check_header(result),
             "reference": m.get("reference"), "sets": sets,
             "drift_figure": figures.property_drift(drifts),
@@ -753,19 +797,23 @@ _CALIBRATION_ROWS = (("ece", "ECE (expected calibration error)"), ("adaptive_ece
                      ("mce", "MCE (largest bin error)"), ("brier", "Brier score"),
                      ("nll", "negative log-likelihood"), ("mean_confidence", "mean confidence"),
                      ("accuracy", "accuracy"), ("overconfidence", "confidence minus accuracy"))
+_CALIBRATION_REQUIRED = frozenset({"ece", "mce", "brier", "nll", "accuracy"})  # as the schema
 
 
 def calibration_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "calibration")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    temperature = m.get("temperature")
+    m = result.metrics
+    temperature = m.required("temperature")
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
-        by_fold = d.get("before_by_fold")
-        rows = [{"label": label, "key": key, "before": _get(d, "before", key),
-                 "before_by_fold": _get(by_fold, key), "after": _get(d, "after", key),
+    for name, d in result.per_set().items():
+        before, after = d.section("before"), d.section("after")
+        by_fold = d.get("before_by_fold")   # optional: the reference only
+        rows = [{"label": label, "key": key,
+                 "before": before.required(key) if key in _CALIBRATION_REQUIRED else before.get(key),
+                 "before_by_fold": _get(by_fold, key),
+                 "after": after.required(key) if key in _CALIBRATION_REQUIRED else after.get(key),
                  "after_in_sample": _get(d, "after_in_sample", key)}
                 for key, label in _CALIBRATION_ROWS]
         stages = {s: d.get(s) for s in ("before", "after") if d.get(s)}
@@ -786,9 +834,9 @@ def robustness_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "robustness")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
+    m = result.metrics
     severities = list(m.get("severities") or [])
-    corruptions = m.get("corruptions") or {}
+    corruptions = m.required("corruptions", Mapping)
     rows = [{"name": _words(n), "rce": c.get("rce"),
              "accuracy": [_get(c, "severities", str(s), "accuracy") for s in severities],
              "ece": [_get(c, "severities", str(s), "ece") for s in severities]}
@@ -803,8 +851,8 @@ def robustness_section(audit: Mapping, assets=None) -> dict:
                                     for t in d.get("top") or []]})
     return {"available": True, "reason": "", **_check_header(result),
             "reference": m.get("reference"), "n_images": m.get("n_images"),
-            "clean_accuracy": m.get("clean_accuracy"), "clean_ece": m.get("clean_ece"),
-            "mean_rce": m.get("mean_rce"), "severities": severities, "rows": rows,
+            "clean_accuracy": m.required("clean_accuracy"), "clean_ece": m.get("clean_ece"),
+            "mean_rce": m.required("mean_rce"), "severities": severities, "rows": rows,
             "status_drop": m.get("status_drop"), "resemblance": resemblance,
             "figure": figures.robustness_curves(m.get("clean_accuracy") or 0.0, severities,
                                                 corruptions),
@@ -912,26 +960,29 @@ def selective_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "selective")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    threshold = m.get("threshold") or {}
+    m = result.metrics
+    threshold = m.section("threshold")
     sets, curves = [], {}
-    for name, d in (m.get("datasets") or {}).items():
+    for name, d in result.per_set().items():
         curves[name] = d.get("risk_coverage")
-        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
-                     "accuracy": d.get("accuracy"), "accepted_accuracy": d.get("accepted_accuracy"),
-                     "accepted_ci": d.get("accepted_accuracy_ci"), "n_accepted": d.get("n_accepted"),
-                     "coverage": d.get("coverage"), "referred": d.get("referred"),
+        sets.append({"name": name, "role": d.get("role", ""), "n": d.required("n"),
+                     "accuracy": d.required("accuracy"),
+                     "accepted_accuracy": d.get("accepted_accuracy"),
+                     "accepted_ci": d.get("accepted_accuracy_ci"),
+                     "n_accepted": d.required("n_accepted"),
+                     "coverage": d.required("coverage"), "referred": d.required("referred"),
                      "basis": {"out_of_fold": "out-of-fold", "in_sample": "in-sample",
                                "measured_under_shift": "measured (no guarantee under shift)"}
                      .get(d.get("basis"), d.get("basis") or ""),
                      "in_sample": _pick(d.get("in_sample"), "accepted_accuracy", "coverage"),
-                     "aurc": d.get("aurc"), "ood_msp": _get(d, "ood_auroc", "msp"),
+                     "aurc": d.required("aurc"), "ood_msp": _get(d, "ood_auroc", "msp"),
                      "ood_energy": _get(d, "ood_auroc", "energy")})
     return {"available": True, "reason": "", **_check_header(result),
-            "threshold": threshold.get("value"), "target": threshold.get("target_accuracy"),
+            "threshold": threshold.required("value"),
+            "target": threshold.required("target_accuracy"),
             "delta": threshold.get("delta"), "naive": threshold.get("naive_value"),
             "guarantee": threshold.get("guarantee"), "folds": _get(m, "crossfit", "folds"),
-            "calibrated": threshold.get("calibrated"), "temperature": m.get("temperature"),
+            "calibrated": threshold.required("calibrated"), "temperature": m.get("temperature"),
             "reference": m.get("reference"), "sets": sets,
             "figure": figures.coverage_curves(curves, threshold.get("value"),
                                               threshold.get("target_accuracy")),
@@ -944,13 +995,14 @@ def safety_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "safety")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
-    reasons = list(m.get("reasons") or [])
+    m = result.metrics
+    reasons = list(m.required("reasons", list))
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
-        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
-                     "n_flagged": d.get("n_flagged"), "flagged": d.get("flagged"),
-                     "by_reason": [(r, _get(d, "by_reason", r)) for r in reasons],
+    for name, d in result.per_set().items():
+        by_reason = d.section("by_reason")
+        sets.append({"name": name, "role": d.required("role"), "n": d.required("n"),
+                     "n_flagged": d.required("n_flagged"), "flagged": d.required("flagged"),
+                     "by_reason": [(r, by_reason.get(r)) for r in reasons],
                      "accuracy_flagged": d.get("accuracy_flagged"),
                      "accuracy_unflagged": d.get("accuracy_unflagged"),
                      "basis": d.get("ood_basis", "")})
@@ -968,11 +1020,11 @@ def label_issues_section(audit: Mapping, assets=None) -> dict:
     result, reason = check_state(audit, "label_issues")
     if reason:
         return _unavailable(reason, **_check_header(result))
-    m = result["metrics"]
+    m = result.metrics
     sets = []
-    for name, d in (m.get("datasets") or {}).items():
+    for name, d in result.per_set().items():
         gallery, missing = [], 0
-        for e in d.get("issues") or []:
+        for e in d.required("issues", list):
             tile = (assets.error_tile(name, e.get("path", ""), size=THUMBNAIL_PIXELS * 2)
                     if assets is not None else None)
             if tile is None:
@@ -981,14 +1033,14 @@ def label_issues_section(audit: Mapping, assets=None) -> dict:
             gallery.append({"image": tile["image"], **_pick(e, "path", "given", "suggested",
                                                             "probability_given",
                                                             "probability_suggested")})
-        sets.append({"name": name, "role": d.get("role", ""), "n": d.get("n"),
-                     "n_issues": d.get("n_issues"), "share": d.get("share"),
+        sets.append({"name": name, "role": d.required("role"), "n": d.required("n"),
+                     "n_issues": d.required("n_issues"), "share": d.required("share"),
                      "accuracy": d.get("accuracy"), "accuracy_without": d.get("accuracy_without"),
                      "interpretation": d.get("interpretation", ""), "gallery": gallery,
                      "gallery_missing": missing,
-                     "n_listed": len(d.get("issues") or [])})
+                     "n_listed": len(d.required("issues", list))})
     return {"available": True, "reason": "", **_check_header(result),
-            "reference": m.get("reference"), "method": m.get("method", ""), "sets": sets,
+            "reference": m.get("reference"), "method": m.required("method"), "sets": sets,
             "findings": _findings_of(audit, "label_issues")}
 
 
@@ -1191,7 +1243,7 @@ def reproducibility_section(audit: Mapping, assets=None) -> dict:
         "versions": [{"package": p, "audit": audit_versions.get(p),
                       "training": train_versions.get(p)} for p in packages],
         "model_path": _get(audit, "model", "path"), "model_sha256": _get(audit, "model", "sha256"),
-        "schema_version": audit.get("schema_version"),
+        "schema_version": audit.schema_version,
         "datasets": [(n, d.get("source", ""), d.get("fingerprint", ""))
                      for n, d in (audit.get("datasets") or {}).items()],
         "timings": sorted((k, v) for k, v in (audit.get("timings") or {}).items()
@@ -1214,18 +1266,21 @@ BUILDERS: dict[str, Callable[..., dict]] = {
 }
 
 
-def build_context(audit: Mapping, assets=None) -> dict:
-    """The template context: header facts and one dict per section (see SECTIONS)."""
+def build_context(audit: Mapping | AuditDocument, assets=None, *, strict: bool = False) -> dict:
+    """The template context: header facts and one dict per section (see SECTIONS). `audit` is
+    read through `load_audit`; with `strict`, a section that cannot be read raises."""
+    audit = load_audit(audit)
     sections, problems = {}, []
     for anchor, _ in SECTIONS:
         if anchor == "recommendations":
             continue  # needs the others' availability for the checklist
-        sections[anchor] = _guarded(anchor, BUILDERS[anchor], audit, assets, problems)
+        sections[anchor] = _guarded(anchor, BUILDERS[anchor], audit, assets, problems,
+                                    strict=strict)
     available = {a: bool(s.get("available")) for a, s in sections.items()}
     available["recommendations"] = True  # always written: limitations need no check
     sections["recommendations"] = _guarded(
         "recommendations", lambda a, s: recommendations_section(a, s, available=available),
-        audit, assets, problems)
+        audit, assets, problems, strict=strict)
     ordered = [{"anchor": anchor, "number": i, "title": title, "heading": f"{i}. {title}",
                 "data": sections[anchor]} for i, (anchor, title) in enumerate(SECTIONS, 1)]
     model = audit.get("model") or {}
@@ -1237,15 +1292,23 @@ def build_context(audit: Mapping, assets=None) -> dict:
         "datasets": _datasets_in_order(audit),
         "reference": _reference(audit),
         "generated_from": "audit.json",
-        "schema_version": audit.get("schema_version", ""),
+        "schema_version": audit.schema_version,
         "sections": ordered, "s": sections, "problems": problems,
     }
 
 
-def _guarded(anchor: str, builder: Callable, audit: Mapping, assets, problems: list) -> dict:
+def _guarded(anchor: str, builder: Callable, audit: AuditDocument, assets, problems: list, *,
+             strict: bool = False) -> dict:
     try:
-        return builder(audit, assets)
+        section = builder(audit, assets)
+        if section.get("unreadable"):   # written, with a part it could not read
+            if strict:
+                raise AuditJsonError(section["unreadable"])
+            problems.append({"section": anchor, "error": section["unreadable"]})
+        return section
     except Exception as exc:  # noqa: BLE001 - one unreadable section must not sink the report
+        if strict:
+            raise
         detail = f"{type(exc).__name__}: {exc}"
         problems.append({"section": anchor, "error": detail})
         return _unavailable(f"the report could not read this part of audit.json ({detail})")

@@ -27,7 +27,7 @@ __all__ = [
     "Figure", "OKABE_ITO", "MARKERS", "colour", "png_uri", "image_uri", "overlay_heatmap",
     "signed_heatmap", "signed_overlay", "training_curves", "accuracy_intervals", "confusion_matrix",
     "image_strip", "thumbnail_rows", "shift_decomposition", "property_drift", "reliability_diagram",
-    "robustness_curves", "coverage_curves", "attribution_shares",
+    "robustness_curves", "coverage_curves", "gap_factor_shares",
 ]
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442",
@@ -422,7 +422,7 @@ def coverage_curves(curves: Mapping[str, Mapping], threshold: float | None,
     return Figure(uri, alt)
 
 
-def attribution_shares(name: str, directions: Mapping[str, Mapping[str, Mapping]]) -> Figure | None:
+def gap_factor_shares(name: str, directions: Mapping[str, Mapping[str, Mapping]]) -> Figure | None:
     """Share of the gap per factor, one bar per direction, with 95% intervals."""
     factors = list(dict.fromkeys(f for d in directions.values() for f in d))
     if not factors:

@@ -12,7 +12,6 @@ Never imports TensorFlow: everything comes from the JSON and the npz artifacts.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,31 +21,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from audit.atomic import write_text
-from audit.results import SCHEMA_VERSION
+from audit.audit_json import AuditDocument, load_audit
 from reports import context as ctx
 from reports import figures
 
 __all__ = ["render_report", "render_html", "load_audit", "Assets", "TEMPLATES"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-
-def load_audit(path: str | os.PathLike) -> dict:
-    """Read audit.json; ValueError with the reason when it is not a compatible audit."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read '{path}': {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"'{path}' is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or "checks" not in data or "model" not in data:
-        raise ValueError(f"'{path}' is not an audit.json (no 'checks' and 'model' keys)")
-    major = str(data.get("schema_version", "0")).split(".")[0]
-    if major != SCHEMA_VERSION.split(".")[0]:
-        raise ValueError(f"'{path}' has schema {data.get('schema_version')!r}; this version "
-                         f"renders schema {SCHEMA_VERSION}")
-    return data
 
 
 class Assets:
@@ -226,10 +207,17 @@ def _environment() -> Environment:
     return env
 
 
-def render_html(audit: Mapping, *, base_dir: str | os.PathLike | None = None) -> str:
-    """The report as one HTML string; `base_dir` is the audit folder (for artifacts)."""
-    assets = Assets(base_dir, audit) if base_dir is not None else None
-    context = ctx.build_context(audit, assets)
+def render_html(audit: Mapping | AuditDocument, *, base_dir: str | os.PathLike | None = None,
+                strict: bool = False) -> str:
+    """The report as one HTML string; `base_dir` is the audit folder (for artifacts). `audit`
+    is read through `audit.audit_json.load_audit` (version checked, an older schema migrated).
+    A section that cannot be read becomes a note naming the missing key, or, with `strict`,
+    raises (tests: a renamed key must fail, not blank a cell)."""
+    doc = load_audit(audit)
+    if base_dir is None and doc.base_dir is not None:
+        base_dir = doc.base_dir
+    assets = Assets(base_dir, doc) if base_dir is not None else None
+    context = ctx.build_context(doc, assets, strict=strict)
     css = (TEMPLATES / "report.css").read_text(encoding="utf-8")
     return _environment().get_template("report.html.j2").render(css=Markup(css), **context)
 
@@ -237,6 +225,5 @@ def render_html(audit: Mapping, *, base_dir: str | os.PathLike | None = None) ->
 def render_report(audit_json: str | os.PathLike, html_path: str | os.PathLike) -> Path:
     """Render `audit_json` (artifacts read from its folder) to `html_path`, atomically."""
     audit_json = Path(audit_json)
-    audit = load_audit(audit_json)
-    html = render_html(audit, base_dir=audit_json.parent)
+    html = render_html(load_audit(audit_json), base_dir=audit_json.parent)
     return write_text(html_path, html)

@@ -133,3 +133,19 @@ def load_real(folder: str, n: int, size: int = 224) -> np.ndarray:
     paths = sorted((data_root() / folder).glob("*.jpg"))[:n]
     assert len(paths) == n, f"expected {n} images in {data_root() / folder}"
     return read_images([str(p) for p in paths], size, resize="crop")
+
+
+@pytest.fixture(scope="session")
+def audit_out(tiny_model, synthetic_sites, tmp_path_factory) -> Path:
+    """One real `audit run` of the tiny model on the three synthetic sets (no explanations, no
+    report): the folder holding its audit.json. Shared by the CLI and contract tests."""
+    from audit.cli import main
+
+    out = tmp_path_factory.mktemp("audit") / "out"
+    code = main(["run", "--model", str(tiny_model), "--data", f"train={synthetic_sites['train']}",
+                 "--data", f"heldout={synthetic_sites['heldout']}",
+                 "--data", f"shifted:site_b={synthetic_sites['site_b']}", "--out", str(out),
+                 "--no-explain", "--no-report", "--set", "checks.robustness.max_images=16",
+                 "--set", 'audit.cache_dir=""'])
+    assert code in (0, 1)
+    return out

@@ -17,7 +17,7 @@ from audit.cli import main
 from audit.data import load_dataset, read_images
 
 REPO = Path(__file__).resolve().parents[1]
-CHEAP = ["checks.robustness.max_images=20", "checks.attribution.max_images=20",
+CHEAP = ["checks.robustness.max_images=20", "checks.gap_factors.max_images=20",
          "explain.correct_per_class=1", "explain.errors_per_class=0",
          "explain.most_confident_errors=0", "explain.shap_max_evals=40",
          "explain.lime_num_samples=40", "explain.sanity=false", "explain.stability=false"]

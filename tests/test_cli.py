@@ -10,21 +10,9 @@ import pytest
 from audit.cli import main
 
 
-@pytest.fixture(scope="module")
-def audit_out(tiny_model, synthetic_sites, tmp_path_factory):
-    out = tmp_path_factory.mktemp("audit") / "out"
-    code = main(["run", "--model", str(tiny_model), "--data", f"train={synthetic_sites['train']}",
-                 "--data", f"heldout={synthetic_sites['heldout']}",
-                 "--data", f"shifted:site_b={synthetic_sites['site_b']}", "--out", str(out),
-                 "--no-explain", "--no-report", "--set", "checks.robustness.max_images=16",
-                 "--set", 'audit.cache_dir=""'])
-    assert code in (0, 1)
-    return out
-
-
 def test_run_writes_strict_json_with_every_check(audit_out):
     data = json.loads((audit_out / "audit.json").read_text())
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == "2.0"
     assert set(data["datasets"]) == {"train", "heldout", "site_b"}
     for name in ("performance", "calibration", "errors", "leakage", "shift", "robustness",
                  "selective", "safety", "label_issues"):
@@ -65,6 +53,9 @@ def test_second_run_uses_the_cache(tiny_model, synthetic_sites, tmp_path):
     (["--data", "shifted=/tmp"], "needs a name"),
     (["--set", "checks.calibration.ece_wran=0.1"], "unknown key 'ece_wran'"),
     (["--set", "checks.calibration.ece_warn=high"], "expected float"),
+    # renamed in schema 2.0: the old section is refused naming the new one, never ignored
+    (["--set", "checks.attribution.max_images=3"], "use [checks.gap_factors] instead"),
+    (["--checks", "performance,attribution"], "now called 'gap_factors'"),
 ])
 def test_run_bad_input_is_one_line_exit_2(tiny_model, synthetic_sites, tmp_path, capsys, extra,
                                           message):

@@ -87,7 +87,7 @@ def test_same_audit_json_with_either_engine_though_a_worker_dies(
     """One audit per engine on three sets (bad files in heldout); on Ray a worker kills
     itself mid-run: Ray restarts it and retries its batch, and every image comes back once."""
     cache = tmp_path / "cache"
-    # The checks that read the per-image outputs (robustness and attribution predict anew
+    # The checks that read the per-image outputs (robustness and gap_factors predict anew
     # through the driver's model, whatever the engine).
     checks = '["performance", "calibration", "errors", "leakage", "shift", "selective"]'
     config = load_config(None, ["audit.explain=false", "audit.report=false",

@@ -70,7 +70,7 @@ def write_audit(folder: Path, sets: dict, *, classes=CLASSES, status="PASS", mod
             "per_class": {c: {"recall": ci(stats["recall"][i])} for i, c in enumerate(classes)}}
         calibration[name] = {"before": {"ece": s["ece"]}, "after": {"ece": s["ece"] / 2}}
     data = {
-        "schema_version": "1.0", "status": status,
+        "schema_version": "2.0", "status": status,
         "model": {"sha256": model * 8, "class_names": list(classes)},
         "datasets": datasets,
         "checks": {"performance": {"status": "PASS", "summary": "", "metrics": {"datasets": performance}},
@@ -393,7 +393,7 @@ def test_empty_dataset_is_an_input_error_even_when_changes_are_allowed(tmp_path)
 
 @pytest.mark.parametrize("text, words", [("{", "not valid JSON"), ("[]", "not an audit"),
                                          ('{"schema_version": "9.0"}', "schema"),
-                                         ('{"schema_version": "1.0", "model": {}}', "class_names")])
+                                         ('{"schema_version": "2.0", "model": {}}', "class_names")])
 def test_unreadable_audit_is_an_input_error(tmp_path, text, words):
     base = write_audit(tmp_path / "b", standard_sets())
     bad = tmp_path / "bad.json"

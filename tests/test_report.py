@@ -323,7 +323,7 @@ def test_fingerprint_matches_are_reported(audit_json, stub_figures):
 
 
 def test_minimal_audit_renders(tmp_path):
-    audit = {"schema_version": "1.0", "status": "ERROR", "model": {}, "datasets": {},
+    audit = {"schema_version": "2.0", "status": "ERROR", "model": {}, "datasets": {},
              "checks": {}, "findings": [], "config": {}, "versions": {}, "timings": {},
              "command": [], "explanations": {}}
     html = render_html(audit)
@@ -390,7 +390,7 @@ def test_checklist_maps_to_sections_or_human_input():
 
 
 def test_check_state_reasons():
-    audit = {"checks": {"a": {"status": "ERROR", "error": "E"},
+    audit = {"schema_version": "2.0", "checks": {"a": {"status": "ERROR", "error": "E"},
                         "b": {"status": "SKIP", "summary": "not here"},
                         "c": {"status": "PASS", "metrics": {"x": 1}}}}
     assert check_state(audit, "a")[1] == "the a check failed: E"

@@ -76,7 +76,7 @@ class DatasetView:
 @dataclass
 class AuditContext:
     """What checks may use. `predictor` serves checks that need new forward passes
-    (robustness, attribution); everything else comes from `views`. Pixels are decoded only
+    (robustness, gap_factors); everything else comes from `views`. Pixels are decoded only
     through `read_images` / `iter_batches`, which follow the model's input contract (size and
     resize mode), so a check sees exactly what the model sees."""
 
@@ -210,4 +210,4 @@ def load_plugin_checks() -> None:
 
 # Order matters: later checks may read earlier results (findings are ranked at the end).
 CHECK_MODULES = ("performance", "calibration", "errors", "leakage", "shift", "robustness",
-                 "selective", "safety", "label_issues", "attribution")
+                 "selective", "safety", "label_issues", "gap_factors")

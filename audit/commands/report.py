@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if target.is_dir():
         raise UsageError(f"--out '{target}' is a folder; give a file name ending in .html")
 
-    from reports.render import render_report
+    from audit.render_step import render_report
 
     try:
         path = render_report(source, target)

@@ -1,4 +1,5 @@
-"""Reading an audit.json for the gate: the one place that knows where the numbers live.
+"""Reading an audit.json for the gate: which numbers the rules use and where they live. The file
+is read by `audit.audit_json.load_audit` (version check, migration of older files, typed views).
 
     datasets.<name>                 role, fingerprint, n_images, class_counts,
                                     predictions (npz relative to audit.json's folder: labels,
@@ -14,16 +15,16 @@ A missing or undefined number is not an exception: it comes back as a `Reading` 
 
 from __future__ import annotations
 
-import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from audit.audit_json import AuditDocument, AuditJsonError, load_audit
 from audit.errors import InputError
-from audit.results import SCHEMA_VERSION
 
 __all__ = ["AuditFile", "Reading", "Predictions", "PredictionsUnavailable"]
 
@@ -59,6 +60,7 @@ class AuditFile:
     path: Path
     data: dict
     role: str  # "baseline" or "current": how messages name this audit
+    doc: AuditDocument  # the typed views over `data`
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, role: str) -> AuditFile:
@@ -66,11 +68,9 @@ class AuditFile:
         where = f"{role} audit '{path}'"
         if not path.is_file():
             raise InputError(f"{where} does not exist; expected an audit.json written by `audit run`")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))  # NaN is read, then judged by rules
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{where} is not valid JSON: {exc}") from exc
-        return cls(path=path, data=_validated(data, where=where), role=role)
+        doc = load_audit(path, label=f"{role} audit")  # version checked, older schema migrated
+        _validated(doc, where=where)
+        return cls(path=path, data=doc.data, role=role, doc=doc)
 
     # ---- run-wide facts ----
 
@@ -80,11 +80,11 @@ class AuditFile:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(self.data["model"]["class_names"])
+        return self.doc.model.class_names
 
     @property
     def model_sha(self) -> str:
-        return str(self.data["model"].get("sha256") or "")
+        return self.doc.model.sha256
 
     @property
     def dataset_names(self) -> list[str]:
@@ -141,19 +141,20 @@ class AuditFile:
         value = stage_node.get("ece", _MISSING) if isinstance(stage_node, dict) else _MISSING
         return self._number(value, f"ECE ({stage} temperature scaling) of {name}")
 
-    def _check_numbers(self, check: str, name: str) -> tuple[dict, str | None]:
-        result = (self.data.get("checks") or {}).get(check)
-        if not isinstance(result, dict):
+    def _check_numbers(self, check: str, name: str) -> tuple[Mapping, str | None]:
+        result = self.doc.check(check) if "checks" in self.doc else None
+        if result is None:
             return {}, f"the {self.role} audit did not run the {check} check"
-        metrics = result.get("metrics")
-        per_set = metrics.get("datasets") if isinstance(metrics, dict) else None
-        node = per_set.get(name) if isinstance(per_set, dict) else None
-        if isinstance(node, dict):
-            return node, None
-        if result.get("status") == "ERROR":
-            reason = result.get("error") or result.get("summary") or "no detail"
-            return {}, f"the {check} check errored in the {self.role} audit ({reason})"
-        return {}, f"the {self.role} audit's {check} check has no numbers for {name}"
+        try:
+            if result.status == "ERROR":
+                reason = result.error or result.summary or "no detail"
+                return {}, f"the {check} check errored in the {self.role} audit ({reason})"
+            node = result.per_set().get(name) if result.computed else None
+        except AuditJsonError as exc:
+            return {}, f"the {self.role} audit is not readable here: {exc}"
+        if node is None:
+            return {}, f"the {self.role} audit's {check} check has no numbers for {name}"
+        return node, None
 
     def _number(self, node: object, what: str) -> Reading:
         if isinstance(node, dict):
@@ -171,8 +172,7 @@ class AuditFile:
     # ---- per-image predictions ----
 
     def predictions_file(self, name: str) -> Path:
-        relative = self.dataset(name).get("predictions") or f"artifacts/predictions_{name}.npz"
-        return self.path.parent / str(relative)
+        return self.path.parent / self.doc.dataset(name).predictions
 
     def load_predictions(self, name: str) -> Predictions:
         path = self.predictions_file(name)
@@ -195,26 +195,15 @@ class AuditFile:
                            paths=paths.astype(str), class_names=self.class_names, groups=groups)
 
 
-def _validated(data: object, *, where: str) -> dict:
-    if not isinstance(data, dict):
-        raise InputError(f"{where} is not an audit (a JSON object is expected)")
-    version = data.get("schema_version")
-    if version is None:
-        raise InputError(f"{where} has no schema_version; is it an audit.json from `audit run`?")
-    if str(version).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise InputError(f"{where} has schema {version!r}, not compatible with {SCHEMA_VERSION}; "
-                         "re-run the audit with this version")
-    model = data.get("model")
-    names = model.get("class_names") if isinstance(model, dict) else None
-    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+def _validated(doc: AuditDocument, *, where: str) -> None:
+    """What the gate needs beyond the loader's checks: class names and at least one dataset."""
+    if not doc.model.class_names:  # AuditJsonError (an InputError) naming the key if missing
         raise InputError(f"{where} has no model.class_names list")
-    datasets = data.get("datasets")
-    if not isinstance(datasets, dict) or not datasets:
+    datasets = doc.required("datasets", dict)
+    if "checks" in doc:
+        doc.required("checks", dict)
+    if not datasets:
         raise InputError(f"{where} lists no datasets")
     for name, info in datasets.items():
         if not isinstance(info, dict):
             raise InputError(f"{where}: datasets.{name} is not an object")
-    checks = data.get("checks", {})
-    if not isinstance(checks, dict):
-        raise InputError(f"{where}: checks is not an object")
-    return data

@@ -1,12 +1,12 @@
 """Attribution check cost against the forward passes it makes, measured in the same run.
 
-    /work/venv/bin/python bench/bench_attribution.py [--images 48] [--size 224] [--alpha 1.0]
+    /work/venv/bin/python bench/bench_gap_factors.py [--images 48] [--size 224] [--alpha 1.0]
                                                      [--factors color,scale,...] [--batch-size 32]
 
 Two synthetic sites (the reference and `audit.synthetic.SHIFTED_SITE`, which differs in stain,
 blur, cell scale, background density and class mix) are written at `--size` px; a random-weight
 MobileNetV2 (weights do not change the cost) is run once per set for the cached outputs, then
-the attribution check runs with `max_images=--images`. Reported: the check's seconds, the
+the gap-factors check runs with `max_images=--images`. Reported: the check's seconds, the
 seconds inside the model's calls (its forward passes), the share of time spent fitting the
 transforms, and the ratio check / forward. Target: <= 3x. Not a test: numbers depend on the
 machine and its load.
@@ -61,14 +61,14 @@ def main(argv=None) -> int:
 
     from conftest import make_context
 
-    import audit.checks.attribution as attribution
+    import audit.checks.gap_factors as gap_factors
     from audit.checks.base import DatasetView
     from audit.data import load_dataset
     from audit.inference import Predictor, compute_outputs
     from audit.synthetic import CLASSES, REFERENCE_SITE, SHIFTED_SITE, write_site
     from model.build import build_classifier
 
-    root = Path(tempfile.mkdtemp(prefix="bench_attribution_"))
+    root = Path(tempfile.mkdtemp(prefix="bench_gap_factors_"))
     model = build_classifier(5, input_size=args.size, alpha=args.alpha, weights=None)
     predictor = Predictor(model, batch_size=64)
     views = []
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     timed = TimedPredictor(predictor)
     fit_seconds = [0.0]
-    real_fit = attribution.fit_factors
+    real_fit = gap_factors.fit_factors
 
     def timed_fit(*a, **k):
         t = time.perf_counter()
@@ -94,16 +94,16 @@ def main(argv=None) -> int:
         finally:
             fit_seconds[0] += time.perf_counter() - t
 
-    attribution.fit_factors = timed_fit
+    gap_factors.fit_factors = timed_fit
     factors = "[" + ", ".join(f'"{f}"' for f in args.factors.split(",")) + "]"
     ctx = make_context(views, tmp_path=root / "out", predictor=timed, image_size=args.size,
-                       overrides=[f"checks.attribution.factors={factors}",
-                                  f"checks.attribution.max_images={args.images}",
-                                  f"checks.attribution.batch_size={args.batch_size}"])
+                       overrides=[f"checks.gap_factors.factors={factors}",
+                                  f"checks.gap_factors.max_images={args.images}",
+                                  f"checks.gap_factors.batch_size={args.batch_size}"])
     t0 = time.perf_counter()
-    result = attribution.AttributionCheck().run(ctx)
+    result = gap_factors.GapFactorsCheck().run(ctx)
     total = time.perf_counter() - t0
-    attribution.fit_factors = real_fit
+    gap_factors.fit_factors = real_fit
 
     n_forward = result.metrics["n_forward_passes"]
     print(f"setup (write sites, cached outputs): {setup:.1f} s")

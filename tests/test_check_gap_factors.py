@@ -1,4 +1,4 @@
-"""Attribution check: the Shapley game on hand-computed cases, the depth-first subset walk with a
+"""Gap-factors check: the Shapley game on hand-computed cases, the depth-first subset walk with a
 fake model, and the synthetic proof with a small trained model: a site with one injected factor
 gives that factor the largest share, a null site gives every factor almost nothing."""
 
@@ -13,9 +13,9 @@ import pytest
 from conftest import make_context, make_view
 from PIL import Image
 
-from audit.checks.attribution import (
-    AttributionCheck,
-    attribution_values,
+from audit.checks.gap_factors import (
+    GapFactorsCheck,
+    gap_factor_values,
     reweighted_accuracy,
     shapley_matrix,
     subset_label,
@@ -51,11 +51,11 @@ def test_reweighted_accuracy_by_hand():
         [(0.5 * 0.5 + 0.25 * 2 / 3) / 0.75])
 
 
-def test_attribution_values_with_priors_by_hand():
+def test_gap_factor_values_with_priors_by_hand():
     ref_labels, sh_labels = np.array([0, 1, 1, 1]), np.array([0, 0, 0, 1])
     ref = np.array([[1, 1, 1, 0], [1, 0, 1, 0]], bool)  # rows: untransformed, after colour
     sh = np.array([[0, 0, 1, 1], [1, 0, 1, 1]], bool)
-    out = attribution_values(ref, sh, ref_labels, sh_labels, n_classes=2, priors=True)
+    out = gap_factor_values(ref, sh, ref_labels, sh_labels, n_classes=2, priors=True)
     assert out["gap"] == pytest.approx(0.25)
     # undo: accuracy 0.5, 0.75; reweighted to the reference's 1/4 : 3/4 -> 5/6, 11/12
     assert out["undo"] == pytest.approx([0, 0.25, 1 / 3, 5 / 12])
@@ -63,7 +63,7 @@ def test_attribution_values_with_priors_by_hand():
     assert out["reproduce"] == pytest.approx([0, 0.25, -1 / 6, -1 / 12])
     phi = shapley_matrix(2) @ out["undo"]
     assert phi == pytest.approx([1 / 6, 1 / 4])  # colour, priors
-    only_undo = attribution_values(ref[:1], sh, ref_labels, sh_labels, n_classes=2,
+    only_undo = gap_factor_values(ref[:1], sh, ref_labels, sh_labels, n_classes=2,
                                    priors=False, directions=("undo",))
     assert set(only_undo) == {"gap", "undo"} and only_undo["undo"] == pytest.approx([0, 0.25])
     assert subset_label(0, ["color", "priors"]) == "none"
@@ -135,13 +135,13 @@ def test_subset_walk_predicts_every_combination_once(tmp_path):
 def test_skips_without_shifted_set_or_model(tmp_path):
     ref = make_view("heldout", "heldout", [0, 1], [[2.0, 0.0], [0.0, 2.0]])
     shifted = make_view("site_b", "shifted", [0, 1], [[2.0, 0.0], [2.0, 0.0]])
-    assert AttributionCheck().run(make_context([ref], tmp_path=tmp_path,
+    assert GapFactorsCheck().run(make_context([ref], tmp_path=tmp_path,
                                                predictor=object())).status == Status.SKIP
-    assert AttributionCheck().run(make_context([ref, shifted],
+    assert GapFactorsCheck().run(make_context([ref, shifted],
                                                tmp_path=tmp_path)).status == Status.SKIP
-    for bad in ('checks.attribution.factors=["hue"]', 'checks.attribution.directions=["up"]',
-                'checks.attribution.color_method="histogram"'):
-        with pytest.raises(ValueError, match="checks.attribution"):   # refused on reading
+    for bad in ('checks.gap_factors.factors=["hue"]', 'checks.gap_factors.directions=["up"]',
+                'checks.gap_factors.color_method="histogram"'):
+        with pytest.raises(ValueError, match="checks.gap_factors"):   # refused on reading
             make_context([ref, shifted], tmp_path=tmp_path, predictor=object(), overrides=[bad])
 
 
@@ -173,7 +173,7 @@ def synthetic_audit(tmp_path_factory):
     sites = {"heldout": ({}, 11), "null": ({}, 13), "colour": (colour, 12),
              "scale": ({"cell_scale": 0.7}, 12), "blur": ({"blur_sigma": 1.5}, 12),
              "two": ({"cell_scale": 0.7, "blur_sigma": 1.0}, 12)}
-    root = tmp_path_factory.mktemp("attribution_sites")
+    root = tmp_path_factory.mktemp("gap_factors_sites")
     views = []
     for name, (domain, seed) in sites.items():
         write_site(root / name, n_images=120, size=64, domain=SiteDomain(**domain), seed=seed,
@@ -182,10 +182,10 @@ def synthetic_audit(tmp_path_factory):
         outputs = compute_outputs(dataset, predictor=predictor, cache_dir=None)
         views.append(DatasetView(name, "heldout" if name == "heldout" else "shifted", dataset,
                                  outputs))
-    out = tmp_path_factory.mktemp("attribution_out")
+    out = tmp_path_factory.mktemp("gap_factors_out")
     ctx = make_context(views, tmp_path=out, predictor=predictor, image_size=64,
-                       overrides=["checks.attribution.n_boot=200"])
-    return AttributionCheck().run(ctx), views, predictor, out
+                       overrides=["checks.gap_factors.n_boot=200"])
+    return GapFactorsCheck().run(ctx), views, predictor, out
 
 
 def _points(result, site, direction):
@@ -215,7 +215,7 @@ def test_one_injected_factor_gets_the_largest_share(synthetic_audit, site, facto
     assert m["combined"]["top"] == factor
     assert m["combined"]["factors"][factor]["share"]["value"] > 0.5
     finding = next(f for f in result.findings if f.dataset == site
-                   and f.kind == f"attribution_{factor}")
+                   and f.kind == f"gap_factors_{factor}")
     assert finding.gap_share > 0.5 and "points" in finding.text
 
 
@@ -223,9 +223,9 @@ def test_blurrier_set_is_sharpened_only_when_allowed(synthetic_audit, tmp_path):
     _, views, predictor, _ = synthetic_audit
     chosen = [v for v in views if v.name in ("heldout", "blur")]
     ctx = make_context(chosen, tmp_path=tmp_path, predictor=predictor, image_size=64, overrides=[
-        'checks.attribution.factors=["sharpness"]', "checks.attribution.n_boot=100",
-        "checks.attribution.allow_sharpen=true", 'checks.attribution.directions=["undo"]'])
-    result = AttributionCheck().run(ctx)
+        'checks.gap_factors.factors=["sharpness"]', "checks.gap_factors.n_boot=100",
+        "checks.gap_factors.allow_sharpen=true", 'checks.gap_factors.directions=["undo"]'])
+    result = GapFactorsCheck().run(ctx)
     fitted = result.metrics["datasets"]["blur"]["directions"]["undo"]["fitted"]["sharpness"]
     assert fitted["mode"] == "sharpen" and not fitted["identity"]
     assert result.metrics["n_forward_passes"] == result.metrics["datasets"]["blur"]["n_shifted"]
@@ -280,13 +280,13 @@ def test_metrics_artifacts_and_json(synthetic_audit):
 def test_deterministic_and_budgeted(synthetic_audit, tmp_path):
     _, views, predictor, _ = synthetic_audit
     chosen = [v for v in views if v.name in ("heldout", "colour")]
-    overrides = ['checks.attribution.factors=["color", "priors"]', "checks.attribution.n_boot=100",
-                 "checks.attribution.max_images=30", 'checks.attribution.directions=["undo"]']
+    overrides = ['checks.gap_factors.factors=["color", "priors"]', "checks.gap_factors.n_boot=100",
+                 "checks.gap_factors.max_images=30", 'checks.gap_factors.directions=["undo"]']
     runs = []
     for sub in ("a", "b"):
         ctx = make_context(chosen, tmp_path=tmp_path / sub, predictor=predictor, image_size=64,
                            overrides=overrides)
-        runs.append(AttributionCheck().run(ctx).to_dict())
+        runs.append(GapFactorsCheck().run(ctx).to_dict())
         runs[-1].pop("seconds")
     assert runs[0] == runs[1]
     m = runs[0]["metrics"]

@@ -1,4 +1,4 @@
-"""Gap attribution by intervention: how much of each shifted set's accuracy drop each suspected
+"""Gap factors, measured by intervention: how much of each shifted set's accuracy drop each suspected
 cause explains, measured by transforming images and predicting again.
 
 Factors (`audit.factors`): colour/stain, cell scale, sharpness, resolution/JPEG, background, and
@@ -34,8 +34,8 @@ from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
 from audit.stats import bootstrap_indices, interval
 
-__all__ = ["AttributionCheck", "DIRECTIONS", "shapley_matrix", "reweighted_accuracy",
-           "accuracy_table", "attribution_values", "subset_predictions", "subset_label",
+__all__ = ["GapFactorsCheck", "DIRECTIONS", "shapley_matrix", "reweighted_accuracy",
+           "accuracy_table", "gap_factor_values", "subset_predictions", "subset_label",
            "example_images"]
 
 DIRECTIONS = ("undo", "reproduce")
@@ -104,7 +104,7 @@ def _priors(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=n_classes) / max(len(labels), 1)
 
 
-def attribution_values(ref_correct: np.ndarray, shifted_correct: np.ndarray,
+def gap_factor_values(ref_correct: np.ndarray, shifted_correct: np.ndarray,
                        ref_labels: np.ndarray, shifted_labels: np.ndarray, *, n_classes: int,
                        priors: bool, directions=DIRECTIONS) -> dict:
     """{"gap", "<direction>": game values v (2^players,)} from per-subset correctness.
@@ -141,7 +141,7 @@ def _batch_seed(seed: int, first: int) -> int:
 def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image_size: int,
                        resize: str, batch_size: int, seed: int,
                        base_predictions: np.ndarray | None = None,
-                       desc: str = "attribution") -> tuple[np.ndarray, int]:
+                       desc: str = "gap factors") -> tuple[np.ndarray, int]:
     """(predicted class (2^k, N) int16 for every subset of the k factors, images predicted).
 
     Depth first over factors in order: each node applies one factor to its parent's batch, so a
@@ -209,8 +209,11 @@ def _fit_sample(ctx: AuditContext, view: DatasetView, n: int, name: str) -> SetS
 
 
 @register
-class AttributionCheck(Check):
-    name = "attribution"
+class GapFactorsCheck(Check):
+    name = "gap_factors"
+    # Random streams keep the check's name before schema 2.0: the same audit draws the same
+    # subsamples and bootstrap resamples, so its numbers do not change with the rename.
+    seed_name = "attribution"
     description = ("Share of each shifted set's accuracy drop explained by colour, cell scale, "
                    "sharpness, resolution, background and class priors, measured by transforming "
                    "images toward the other set (Shapley values, both directions).")
@@ -247,8 +250,8 @@ class AttributionCheck(Check):
                                metrics={"reference": ref.name})
         names, directions = self._validate(cfg)
         ref_idx = stratified_subsample(ref.labels, int(cfg["max_images"]),
-                                       rng=ctx.rng(self.name, "subsample", ref.name))
-        ref_sample = _fit_sample(ctx, ref, int(cfg["fit_images"]), self.name)
+                                       rng=ctx.rng(self.seed_name, "subsample", ref.name))
+        ref_sample = _fit_sample(ctx, ref, int(cfg["fit_images"]), self.seed_name)
         metrics = {"reference": ref.name, "factors": names,
                    "order": [n for n in IMAGE_FACTORS if n in names], "directions": directions,
                    "color_method": cfg["color_method"], "n_forward_passes": 0, "datasets": {}}
@@ -269,14 +272,14 @@ class AttributionCheck(Check):
         names = list(dict.fromkeys(cfg["factors"]))
         unknown = sorted(set(names) - set(FACTORS))
         if unknown or not names:
-            raise ValueError(f"checks.attribution.factors: unknown {unknown} or empty; known: "
+            raise ValueError(f"checks.gap_factors.factors: unknown {unknown} or empty; known: "
                              f"{', '.join(FACTORS)}")
         directions = [d for d in DIRECTIONS if d in cfg["directions"]]
         if not directions or set(cfg["directions"]) - set(DIRECTIONS):
-            raise ValueError("checks.attribution.directions: expected some of "
+            raise ValueError("checks.gap_factors.directions: expected some of "
                              f"{list(DIRECTIONS)}, received {cfg['directions']}")
         if cfg["color_method"] not in ("reinhard", "macenko"):
-            raise ValueError("checks.attribution.color_method: expected 'reinhard' or "
+            raise ValueError("checks.gap_factors.color_method: expected 'reinhard' or "
                              f"'macenko', received {cfg['color_method']!r}")
         ordered = [n for n in IMAGE_FACTORS if n in names] + (["priors"] if "priors" in names
                                                                 else [])
@@ -286,15 +289,15 @@ class AttributionCheck(Check):
         n_classes = len(ctx.class_names)
         image_names = [n for n in names if n != "priors"]
         sh_idx = stratified_subsample(view.labels, int(cfg["max_images"]),
-                                      rng=ctx.rng(self.name, "subsample", view.name))
-        sh_sample = _fit_sample(ctx, view, int(cfg["fit_images"]), self.name)
+                                      rng=ctx.rng(self.seed_name, "subsample", view.name))
+        sh_sample = _fit_sample(ctx, view, int(cfg["fit_images"]), self.seed_name)
         sets = {"undo": (view, sh_idx, sh_sample, ref_sample),
                 "reproduce": (ref, ref_idx, ref_sample, sh_sample)}
         correct = {"undo": view.correct[sh_idx][None], "reproduce": ref.correct[ref_idx][None]}
         fitted, arrays, examples, n_forward = {}, {}, {}, 0
         for direction in directions:
             source_view, idx, source, target = sets[direction]
-            seed = int(ctx.rng(self.name, view.name, direction).integers(2 ** 31))
+            seed = int(ctx.rng(self.seed_name, view.name, direction).integers(2 ** 31))
             factors = fit_factors(source, target, image_names, color_method=cfg["color_method"],
                                   allow_sharpen=bool(cfg["allow_sharpen"]), seed=seed,
                                   segment_in="target" if direction == "undo" else "source")
@@ -304,7 +307,7 @@ class AttributionCheck(Check):
                 image_size=ctx.image_size, resize=ctx.resize, batch_size=int(cfg["batch_size"]),
                 seed=seed,
                 base_predictions=source_view.predictions[idx],
-                desc=f"attribution {view.name} {direction}")
+                desc=f"gap factors {view.name} {direction}")
             n_forward += n
             correct[direction] = predictions == source_view.labels[idx][None]
             arrays.update({f"{direction}_predictions": predictions, f"{direction}_indices": idx,
@@ -319,10 +322,10 @@ class AttributionCheck(Check):
             m["directions"][direction]["fitted"] = fitted[direction]
         files = {
             f"predictions_{view.name}": ctx.save_artifact(
-                f"attribution_{view.name}", subsets=np.array(
+                f"gap_factors_{view.name}", subsets=np.array(
                     [subset_label(s, image_names) for s in range(1 << len(image_names))]),
                 **arrays),
-            f"examples_{view.name}": ctx.save_artifact(f"attribution_examples_{view.name}",
+            f"examples_{view.name}": ctx.save_artifact(f"gap_factors_examples_{view.name}",
                                                        **examples)}
         m["predictions"], m["examples"] = files[f"predictions_{view.name}"], \
             files[f"examples_{view.name}"]
@@ -336,12 +339,12 @@ class AttributionCheck(Check):
         shap = shapley_matrix(len(names))
 
         def values(r, s) -> dict:
-            return attribution_values(correct["reproduce"][:, r], correct["undo"][:, s],
+            return gap_factor_values(correct["reproduce"][:, r], correct["undo"][:, s],
                                       ref_labels[r], sh_labels[s], n_classes=n_classes,
                                       priors=priors, directions=directions)
 
         point = values(np.arange(len(ref_idx)), np.arange(len(sh_idx)))
-        rng = ctx.rng(self.name, view.name, "bootstrap")
+        rng = ctx.rng(self.seed_name, view.name, "bootstrap")
         n_boot = int(cfg["n_boot"])
         ref_groups = None if ref.groups is None else ref.groups[ref_idx]
         sh_groups = None if view.groups is None else view.groups[sh_idx]
@@ -438,7 +441,7 @@ class AttributionCheck(Check):
                 self.name, f"The difference in {_SUBJECTS[factor]} explains {_pct(share)} of the drop on {name} "
                 f"{context}: {'; '.join(parts)}.", _ACTIONS[factor], dataset=name,
                 gap_share=float(np.clip(share["value"], 0.0, 1.0)),
-                impact=float(max(gap * share["value"], 0.0)), kind=f"attribution_{factor}",
+                impact=float(max(gap * share["value"], 0.0)), kind=f"gap_factors_{factor}",
                 evidence={"factor": factor, "share": share, "points": entry["points"],
                           "gap": m["gap"]}))
         unexplained = m["combined"]["unexplained"]
@@ -452,7 +455,7 @@ class AttributionCheck(Check):
                 "look for causes beyond these factors (cell morphology, labelling conventions, "
                 "slide preparation)", dataset=name,
                 gap_share=float(np.clip(unexplained["value"], 0.0, 1.0)),
-                impact=float(max(gap * unexplained["value"], 0.0)), kind="attribution_unexplained",
+                impact=float(max(gap * unexplained["value"], 0.0)), kind="gap_factors_unexplained",
                 evidence={"unexplained": unexplained, "gap": m["gap"],
                           "factors": list(m["combined"]["factors"]),
                           "min_share": float(cfg["min_share"])}))
