@@ -30,6 +30,7 @@ __all__ = [
     "SkippedFile",
     "load_dataset",
     "load_image",
+    "load_image_with_size",
     "load_unlabelled",
     "iter_batches",
     "read_images",
@@ -139,6 +140,12 @@ def fingerprint(root: str, paths: Sequence[str], labels: np.ndarray, class_names
 
 
 def load_image(path: str | os.PathLike, size: int, *, resize: str) -> np.ndarray:
+    """`load_image_with_size` without the size on disk."""
+    return load_image_with_size(path, size, resize=resize)[0]
+
+
+def load_image_with_size(path: str | os.PathLike, size: int, *, resize: str
+                         ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode one image to a (size, size, 3) uint8 RGB array, resized the model's way.
 
     The one decoding step shared by training, audit, explanations and prediction: convert to
@@ -155,13 +162,16 @@ def load_image(path: str | os.PathLike, size: int, *, resize: str) -> np.ndarray
                  as `tf.image.resize_with_pad` (Keras' `pad_to_aspect_ratio=True`)
 
     Keras' loaders keep float pixels; here they are rounded to uint8 (at most half a grey
-    level). Raises `InputError` naming the file when it cannot be decoded.
+    level). Also returns the file's (width, height) as stored, read from its header in the
+    same open before any reduced-scale decoding (what the dataset scan records as
+    `Dataset.sizes`). Raises `InputError` naming the file when it cannot be decoded.
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, received {resize!r}")
     try:
         with Image.open(path) as im:
-            too_large = _too_large(*im.size)
+            stored = im.size
+            too_large = _too_large(*stored)
             if too_large:
                 raise InputError(f"cannot read image '{path}': {too_large}")
             if resize == "crop":
@@ -177,17 +187,17 @@ def load_image(path: str | os.PathLike, size: int, *, resize: str) -> np.ndarray
         image = image.crop((left, top, left + side, top + side))
         if side != size:
             image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(image, dtype=np.uint8)
+        return np.asarray(image, dtype=np.uint8), stored
     pixels = np.asarray(image, dtype=np.float32)
     if resize == "stretch":
-        return _to_uint8(tf_bilinear(pixels, size, size))
+        return _to_uint8(tf_bilinear(pixels, size, size)), stored
     # pad: tf.image.resize_with_pad's arithmetic (floor sizes and offsets)
     ratio = max(width / size, height / size)
     inner_h, inner_w = max(1, int(height / ratio)), max(1, int(width / ratio))
     canvas = np.zeros((size, size, 3), np.float32)
     top, left = (size - inner_h) // 2, (size - inner_w) // 2
     canvas[top:top + inner_h, left:left + inner_w] = tf_bilinear(pixels, inner_h, inner_w)
-    return _to_uint8(canvas)
+    return _to_uint8(canvas), stored
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -180,19 +180,21 @@ def predict_rows(loaded, paths: list[str], *, temperature: float = 1.0,
 def _read_batch(batch_paths: list[str], size: int, resize: str
                 ) -> tuple[np.ndarray, list[str | None], tuple[np.ndarray, np.ndarray]]:
     """Decode a batch; an unreadable file is reported in its row, not dropped. Also the
-    readable files' sizes on disk (from the header)."""
-    from audit.data import load_image
-    from audit.imaging import source_sizes
+    readable files' (widths, heights) on disk, read from the header in the same open as the
+    pixels: each file is opened once."""
+    from audit.data import load_image_with_size
 
     problems: list[str | None] = []
-    images = []
+    images, stored = [], []
     for path in batch_paths:
         try:
-            images.append(load_image(path, size, resize=resize))
-            problems.append(None)
+            image, source_size = load_image_with_size(path, size, resize=resize)
         except InputError as exc:
             problems.append(str(exc).split(": ", 1)[-1])
+            continue
+        images.append(image)
+        stored.append(source_size)
+        problems.append(None)
     array = np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)
-    sizes = source_sizes([p for p, problem in zip(batch_paths, problems, strict=True)
-                          if problem is None])
-    return array, problems, sizes
+    sizes = np.array(stored, dtype=np.int64).reshape(len(stored), 2)
+    return array, problems, (sizes[:, 0], sizes[:, 1])

@@ -6,9 +6,11 @@ Works on any functional or Sequential Keras model, including backbones nested as
 *path*: the nested models that hold it, outer first, then the layer.
 
 `tap(model, container_path, layers)` builds a function images -> (values at those layers,
-the model's outputs) that descends into nested models by splitting the outer graph where the
-sub-model is called; it serves the forward pass (logits + embedding), Grad-CAM (the last
-feature map) and AdaBN (every BatchNorm input) alike.
+the model's outputs, or the classifier Dense layer's input) that descends into nested models by
+splitting the outer graph where the sub-model is called, following each layer's path on its
+own: the feature map and the classifier may sit at different depths (a top-level convolution
+before a nested `Sequential([pooling, Dense])` head). It serves the forward pass (logits +
+embedding), Grad-CAM (the last feature map) and AdaBN (every BatchNorm input) alike.
 """
 
 from __future__ import annotations
@@ -153,42 +155,84 @@ def _holds(model, layer) -> bool:
     return any(path[-1] is layer for path in iter_layer_paths(model))
 
 
+def _as_list(values) -> list:
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def _one(values):
+    """A single tensor for a one-input model, the list otherwise."""
+    values = _as_list(values)
+    return values[0] if len(values) == 1 else values
+
+
+def _between(inputs: list, outputs: list) -> Callable:
+    """A function (values of `inputs`) -> list of values of `outputs`, in inference mode.
+
+    Outputs that are inputs are passed through: Keras refuses a model whose output is one of
+    its non-Input inputs (a head sub-model called straight on a backbone sub-model's output)."""
+    ids = [id(t) for t in inputs]
+    if all(id(t) in ids for t in outputs):
+        return lambda values: [_as_list(values)[ids.index(id(t))] for t in outputs]
+    model = _keras().Model(inputs, outputs)
+    return lambda values: _as_list(model(_one(values), training=False))
+
+
+def _toward_final(model, head) -> tuple[list, Callable]:
+    """(tensors of `model`'s own graph, function of their values -> final value).
+
+    The final value is the model's output, or with `head` the input of that Dense layer at any
+    depth: when it sits in a nested model, the tensors are that model's inputs where the outer
+    graph calls it, and the function follows the layer path into it."""
+    if head is None:
+        return list(model.outputs), lambda values: values[0]
+    if any(layer is head for layer in model.layers):
+        return [head.input], lambda values: values[0]
+    holder = next((layer for layer in model.layers if _is_model(layer) and _holds(layer, head)),
+                  None)
+    if holder is None:
+        raise ValueError(f"layer '{head.name}' is not in model '{model.name}'")
+    node = _outer_node(holder, model)
+    inner = tap(holder, (), [], head=head)
+    return list(node.input_tensors), lambda values: inner(_one(values))[1]
+
+
 def tap(model, container: tuple, layers: list, *, at: str = "output", head=None) -> Callable:
     """A function images -> (list of values at `layers`, final value).
 
     `layers` all live in the innermost model of `container` (the path of nested models, outer
     first; empty when they are top-level layers of `model`); `at` is "output" or "input" (the
-    tensor entering the layer). The final value is the model's output, or with `head` (a
-    Dense layer on the way out) the input of `head`, from which the caller computes logits.
-    Every call runs in inference mode.
+    tensor entering the layer). The final value is the model's output, or with `head` (the
+    classifier Dense, at any depth: in `container`, beside it in another nested model, or
+    top-level) the input of `head`, from which the caller computes logits. Every call runs in
+    inference mode.
     """
     keras = _keras()
-    head_here = head is not None and any(layer is head for layer in model.layers)
-    final = [head.input] if head_here else list(model.outputs)
     if not container:
         tensors = [layer.output if at == "output" else layer.input for layer in layers]
+        final, finish = _toward_final(model, head)
         probe = keras.Model(model.inputs, [*tensors, *final])
         n = len(tensors)
 
         def run(x):
-            values = probe(x, training=False)
-            values = values if isinstance(values, (list, tuple)) else [values]
-            return list(values[:n]), values[n]
+            values = _as_list(probe(x, training=False))
+            return values[:n], finish(values[n:])
         return run
     sub, rest = container[0], tuple(container[1:])
     node = _outer_node(sub, model)
-    before = keras.Model(model.inputs, node.input_tensors)
-    head_inside = head is not None and not head_here and _holds(sub, head)
-    if head is not None and not head_here and not head_inside:
-        raise ValueError(f"layer '{head.name}' is neither in '{model.name}' nor in '{sub.name}'")
-    inner = tap(sub, rest, layers, at=at, head=head if head_inside else None)
-    if head_inside:
+    before = _between(list(model.inputs), list(node.input_tensors))
+    if head is not None and _holds(sub, head):
+        inner = tap(sub, rest, layers, at=at, head=head)
+
         def run(x):
-            return inner(before(x, training=False))
+            return inner(_one(before(x)))
         return run
-    after = keras.Model(node.output_tensors, final)
+    # The rest of the way (to the outputs, or to the head's input) starts from the sub-model's
+    # outputs where the outer graph calls it.
+    inner = tap(sub, rest, layers, at=at)
+    final, finish = _toward_final(model, head)
+    after = _between(list(node.output_tensors), final)
 
     def run(x):
-        values, sub_out = inner(before(x, training=False))
-        return values, after(sub_out, training=False)
+        values, sub_out = inner(_one(before(x)))
+        return values, finish(after(sub_out))
     return run
