@@ -255,8 +255,8 @@ VARIANTS: dict[str, dict] = {
     "default": {"task": 5, "train": [], "about": "the new default"},
     "default_bn_train": {"task": 5, "train": ["--batchnorm", "train"],
                          "about": "default, BatchNorm in training mode"},
-    "default_bn_adapt": {"task": 5, "train": ["--batchnorm", "adapt"],
-                         "about": "default, BatchNorm trained with momentum 0.9"},
+    "default_bn_frozen": {"task": 5, "train": ["--batchnorm", "frozen"],
+                          "about": "default, BatchNorm frozen at ImageNet statistics"},
     "default_lr3e-4": {"task": 5, "train": ["--finetune-lr", "3e-4"],
                        "about": "default, fine-tuning learning rate 3e-4"},
     "default_lr3e-5": {"task": 5, "train": ["--finetune-lr", "3e-5"],
@@ -286,9 +286,9 @@ VARIANTS: dict[str, dict] = {
                   "about": "default + blur (sigma up to 2 px) and JPEG (quality 50-100)"},
     "cross_site": {"task": 5, "train": ["--recipe", "cross-site"],
                    "about": "the cross-site recipe"},
-    "cross_site_bn_adapt": {"task": 5, "train": ["--recipe", "cross-site", "--batchnorm",
-                                                 "adapt"],
-                            "about": "cross-site, BatchNorm trained with momentum 0.9"},
+    "cross_site_bn_frozen": {"task": 5, "train": ["--recipe", "cross-site", "--batchnorm",
+                                                  "frozen"],
+                             "about": "cross-site, BatchNorm frozen at ImageNet statistics"},
     "cross_site_smoothing": {"task": 5, "train": ["--recipe", "cross-site",
                                                   "--label-smoothing", "0.1"],
                              "about": "cross-site + label smoothing 0.1"},
@@ -311,13 +311,13 @@ VARIANTS: dict[str, dict] = {
                          "about": "default + fine-tuning on <= 50 labelled BCCD crops per "
                                   "class"},
 }
-SAMELAB = ["old_default", "study_head", "default", "default_bn_train", "default_bn_adapt",
+SAMELAB = ["old_default", "study_head", "default", "default_bn_train", "default_bn_frozen",
            "default_lr3e-4",
            "default_lr3e-5", "default_constant_lr", "default_no_augment", "default_block_10",
            "old_default_8", "study_head_8", "default_8"]
 CROSS = ["case_study", "old_default", "study_head", "default", "default_bn_train",
-         "default_bn_adapt", "scale", "scale_3", "stain_strong", "blur_jpeg", "cross_site",
-         "cross_site_bn_adapt", "cross_site_smoothing",
+         "default_bn_frozen", "scale", "scale_3", "stain_strong", "blur_jpeg", "cross_site",
+         "cross_site_bn_frozen", "cross_site_smoothing",
          "cross_site_reinhard", "default+adabn", "cross_site+adabn", "default+tta",
          "cross_site+tta"]
 FEWLABEL = ["fewlabel_cross_site", "fewlabel_default"]
@@ -396,11 +396,11 @@ def evaluate_worker(model_path: Path, sets: list[str], label_map_path: Path, out
 
     from audit.data import iter_batches, load_dataset
     from audit.labels import load_label_map
-    from model.io import load_model
+    from model.loaded import load_model
 
-    model, meta = load_model(model_path)
+    loaded = load_model(model_path)
     label_map = load_label_map(label_map_path)
-    classes = meta["class_names"]
+    classes = list(loaded.contract.class_names)
     datasets = {}
     for spec in sets:
         set_name, path = spec.split("=", 1)
@@ -412,23 +412,23 @@ def evaluate_worker(model_path: Path, sets: list[str], label_map_path: Path, out
 
         started = time.perf_counter()
         source_set = load_dataset(source, label_map=label_map, class_names=classes)
-        align_batchnorm(model, datasets["bccd"], source_set, image_size=size)
+        align_batchnorm(loaded, datasets["bccd"], source_set)
         seconds["adabn"] = time.perf_counter() - started
-    forward = tf.function(lambda x: model(x, training=False))
+    forward = loaded.compiled_forward()
 
     def predict(images):
-        x = tf.constant(images, tf.float32)
-        if transform != "tta":
-            return forward(x).numpy()
-        views = [x, x[:, ::-1], x[:, :, ::-1], x[:, ::-1, ::-1]]
-        views += [tf.transpose(v, [0, 2, 1, 3]) for v in views]
-        return np.mean([forward(v).numpy() for v in views], axis=0)
+        x = tf.constant(images.astype(np.float32))
+        views = [x] if transform != "tta" else [x, x[:, ::-1], x[:, :, ::-1], x[:, ::-1, ::-1]]
+        if transform == "tta":
+            views += [tf.transpose(v, [0, 2, 1, 3]) for v in views]
+        return np.mean([tf.nn.softmax(forward(v)[0]).numpy() for v in views], axis=0)
 
     arrays = {"class_names": np.array(classes)}
     for set_name, dataset in datasets.items():
         started = time.perf_counter()
         probs = np.concatenate([predict(images) for images, _ in
-                                iter_batches(dataset, image_size=size, batch_size=64)])
+                                iter_batches(dataset, image_size=size, resize=loaded.contract.resize,
+                                             batch_size=64)])
         seconds[set_name] = time.perf_counter() - started
         arrays[f"{set_name}_probs"] = probs.astype(np.float32)
         arrays[f"{set_name}_labels"] = dataset.labels
@@ -515,10 +515,12 @@ def collect(work: Path, names: list[str], size: int, results: dict, *, baseline:
                  "test": scores(npz, "test")}
         if spec["task"] == 5:
             entry["bccd"] = scores(npz, "bccd")
-        base = work / "predictions" / f"{baseline}.npz"
-        if name != baseline and base.is_file():
-            entry["test_vs_baseline"] = paired(base, npz, "test") if (
-                VARIANTS[baseline]["task"] == spec["task"]) else None
+        # Compared with the baseline of the same task (the 8-class one is named "<base>_8").
+        task_baseline = baseline if spec["task"] == VARIANTS[baseline]["task"] else \
+            f"{baseline}_{spec['task']}"
+        base = work / "predictions" / f"{task_baseline}.npz"
+        if name != task_baseline and base.is_file():
+            entry["test_vs_baseline"] = paired(base, npz, "test")
             if spec["task"] == 5:
                 entry["bccd_vs_baseline"] = paired(base, npz, "bccd")
         if spec.get("fewlabel"):
@@ -724,7 +726,7 @@ def main() -> int:
         return 0
     print(machine_line(), flush=True)
     only = set(args.variants.split(",")) if args.variants else None
-    sections = {"samelab": (SAMELAB, "old_default"), "cross": (CROSS, "case_study"),
+    sections = {"samelab": (SAMELAB, "study_head"), "cross": (CROSS, "case_study"),
                 "fewlabel": (FEWLABEL, "case_study")}
     for step in args.steps.split(","):
         if step == "split":

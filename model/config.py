@@ -115,8 +115,8 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
-        "linear head on cached features, then fine-tuning from block_13 with BatchNorm "
-        "frozen, cosine decay from 1e-4, light augmentation"),
+        "linear head on cached features, then 6 epochs of fine-tuning from block_13 "
+        "(BatchNorm adapting with momentum 0.9), cosine decay from 1e-4, light augmentation"),
     "cross-site": Recipe(
         "the default plus augmentation over what changes between laboratories (cell scale: "
         "magnification up to 3x; stronger stain and colour jitter; blur; JPEG re-encoding), "

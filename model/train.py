@@ -8,14 +8,17 @@ rate with cosine decay. Starting fine-tuning from a converged head keeps the pre
 features from being pulled around by a random head's gradients (linear probe, then fine-tune:
 Kumar et al., ICLR 2022).
 
-BatchNorm stays in inference mode during fine-tuning (`batchnorm="frozen"`). Keras 3 passes
-`fit`'s training=True to every layer of a nested model, overriding the training=False the
-backbone was called with (model.build), so an unfrozen BatchNorm layer normalises with batch
-statistics while training and with its (ImageNet) moving statistics at validation. The
-weights learn one normalisation and are evaluated under the other: that mismatch was the
-collapse of issue 20 (bench/train_recipes.py --steps diagnose measures it). A BatchNorm layer
-with trainable=False runs in inference mode whatever `training` says, so the frozen layers
-keep ImageNet statistics in both.
+BatchNorm of the fine-tuned blocks. Keras 3 passes `fit`'s training=True to every layer of a
+nested model, overriding the training=False the backbone was called with (model.build), so an
+unfrozen BatchNorm layer normalises with batch statistics while training and with its moving
+statistics at validation. With Keras' momentum 0.999 those moving statistics lag hundreds of
+steps behind what the weights learn: that mismatch was the collapse of issue 20 (validation
+87% -> 60% after the first fine-tuning epoch). The default, `batchnorm="adapt"`, trains them
+with momentum 0.9, so they follow within an epoch. `"frozen"` (trainable=False: inference mode
+whatever `training` says, ImageNet statistics throughout) avoids the mismatch too, but the
+first Adam steps then move the high-gain linear bottlenecks far enough that validation dips
+for an epoch (PBC: 95.3% -> 82.3%, against 94.0% with "adapt"), and on another laboratory's
+images it did much worse (bench/README.md, "Training recipes").
 
 The model kept is the better of the two phases on validation accuracy (ties: lower loss), so
 fine-tuning never leaves a model worse on validation than the head it began from.

@@ -1,4 +1,4 @@
-"""Training recipes: BatchNorm stays frozen while fine-tuning, recipe and CLI defaults, the new
+"""Training recipes: BatchNorm modes while fine-tuning, recipe and CLI defaults, the new
 augmentations, the few-label target sample."""
 
 from __future__ import annotations
@@ -66,6 +66,25 @@ def test_fine_tuning_keeps_batchnorm_in_inference_mode_only_when_frozen(freeze):
     # The convolutions above block_13 train either way; those below never do.
     assert backbone.get_layer("Conv_1").trainable and not backbone.get_layer("Conv1").trainable
 
+
+
+def test_adapt_moves_batchnorm_statistics_faster_than_mobilenets_momentum():
+    """"adapt" (the default) keeps batch statistics in training like "train", but its moving
+    statistics follow with momentum 0.9 instead of 0.999: after one step they have moved 100
+    times as far (1 - 0.9 against 1 - 0.999), which is what keeps validation from collapsing."""
+    moved = {}
+    for mode in ("adapt", "train"):
+        model = build_classifier(3, input_size=32, alpha=1.0, weights=WEIGHTS, dropout=0.0)
+        _unfreeze_top(model.get_layer(BACKBONE), "block_13", batchnorm=mode)
+        _compile(model, 0.0, TrainConfig())   # no weight update: only the statistics move
+        norms = _top_norms(model)
+        assert {n.momentum for n in norms} == ({0.9} if mode == "adapt" else {0.999})
+        before = np.array(norms[0].moving_mean)
+        rng = np.random.default_rng(0)
+        model.train_on_batch(rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32),
+                             np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)])
+        moved[mode] = float(np.abs(np.array(norms[0].moving_mean) - before).max())
+    assert moved["adapt"] > 5 * moved["train"] > 0
 
 def test_recipes_fill_in_and_explicit_options_win():
     assert make_config("default") == TrainConfig()

@@ -58,7 +58,8 @@ def add_parser(sub) -> None:
                         "ImageNet weights)")
     m.add_argument("--batch-size", type=positive_int, default=_T.batch_size,
                    help=f"images per step (default {_T.batch_size}: fits 2 GB of memory at "
-                        "224 px; BatchNorm is frozen, so it does not depend on batch size)")
+                        "224 px; the fine-tuned BatchNorm layers normalise with batch statistics, so much "
+                        "smaller batches make them noisy)")
     m.add_argument("--head-epochs", type=int, default=None,
                    help=f"phase 1, frozen backbone (default {_T.head_epochs}): epochs over "
                         "cached features, which cost milliseconds each, so early stopping on "
@@ -85,7 +86,8 @@ def add_parser(sub) -> None:
     m.add_argument("--finetune-from", default=None,
                    help=f"first backbone layer (name prefix) to fine-tune (default "
                         f"{_T.finetune_from}): the last four blocks and the final 1x1 "
-                        "convolution; more blocks cost time and did not help on PBC")
+                        "convolution (38 layers); each block more adds backward passes, "
+                        "which dominate a CPU epoch)")
     m.add_argument("--batchnorm", choices=("frozen", "adapt", "train"), default=None,
                    help=f"BatchNorm of the fine-tuned blocks (default {_T.batchnorm}): 'adapt' "
                         "normalises with batch statistics and moves its statistics with "
@@ -95,8 +97,8 @@ def add_parser(sub) -> None:
                         "statistics, where the first Adam steps move the high-gain linear "
                         "bottlenecks so much that validation dips for an epoch")
     m.add_argument("--label-smoothing", type=float, default=None,
-                   help=f"label smoothing (default {_T.label_smoothing:g}): measured, it did "
-                        "not help same-lab accuracy")
+                   help=f"label smoothing (default {_T.label_smoothing:g}: plain cross-entropy "
+                        "keeps the predicted probabilities calibrated for the audit)")
     m.add_argument("--imbalance", choices=("class_weight", "balanced_sampling", "none"),
                    default=None,
                    help=f"class-imbalance handling (default {_T.imbalance}): every class "
