@@ -11,7 +11,7 @@ Kumar et al., ICLR 2022).
 BatchNorm of the fine-tuned blocks. Keras 3 passes `fit`'s training=True to every layer of a
 nested model, overriding the training=False the backbone was called with (model.build), so an
 unfrozen BatchNorm layer normalises with batch statistics while training and with its moving
-statistics at validation. With Keras' momentum 0.999 those moving statistics lag hundreds of
+statistics at validation. With MobileNetV2's momentum 0.999 those moving statistics lag hundreds of
 steps behind what the weights learn: that mismatch was the collapse of issue 20 (validation
 87% -> 60% after the first fine-tuning epoch). The default, `batchnorm="adapt"`, trains them
 with momentum 0.9, so they follow within an epoch. `"frozen"` (trainable=False: inference mode
@@ -143,7 +143,7 @@ def _unfreeze_top(backbone, first_layer_prefix: str, *, batchnorm: str = "frozen
     batchnorm "frozen": BatchNorm layers stay non-trainable, which in Keras 3 also keeps them
     in inference mode during `fit` (moving statistics, fixed scale and offset). "train" and
     "adapt": they train (batch statistics in `fit`), with moving-average momentum 0.999
-    (Keras' default) or 0.9.
+    (MobileNetV2's own) or 0.9.
     """
     names = [layer.name for layer in backbone.layers]
     start = next((i for i, n in enumerate(names) if n.startswith(first_layer_prefix)), None)

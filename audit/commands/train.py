@@ -92,7 +92,7 @@ def add_parser(sub) -> None:
                    help=f"BatchNorm of the fine-tuned blocks (default {_T.batchnorm}): 'adapt' "
                         "normalises with batch statistics and moves its statistics with "
                         "momentum 0.9, so they follow the new images within an epoch; 'train' "
-                        "is Keras' momentum 0.999, whose statistics lag behind for hundreds of "
+                        "is MobileNetV2's momentum 0.999, whose statistics lag behind for hundreds of "
                         "steps, so validation collapsed (issue 20); 'frozen' keeps ImageNet's "
                         "statistics, where the first Adam steps move the high-gain linear "
                         "bottlenecks so much that validation dips for an epoch")
