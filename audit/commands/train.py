@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from audit.data import load_dataset
     from audit.errors import UsageError
     from audit.progress import status
-    from model.fit import fit_and_save
+    from model.train_and_save import fit_and_save
 
     out = Path(args.out)
     if out.suffix != ".keras":
