@@ -36,7 +36,7 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig()) -> di
     from audit.runner import DataSpec, run_audit
     from audit.synthetic import REFERENCE_SITE, SHIFTED_SITE, write_site
     from model.augment import AugmentConfig
-    from model.fit import fit_and_save
+    from model.train_and_save import fit_and_save
     from model.train import TrainConfig
 
     out = Path(out)
@@ -56,7 +56,7 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig()) -> di
         input_size=config.image_size, alpha=config.alpha, weights=config.weights,
         head_epochs=3 if config.weights else 0, finetune_epochs=config.epochs,
         finetune_from="block_13" if config.weights else "Conv1",
-        finetune_learning_rate=1e-4 if config.weights else 1e-3,
+        finetune_learning_rate=1e-4 if config.weights else 1e-3, schedule="constant",
         patience=config.epochs, seed=config.seed,
         augment=AugmentConfig(color=False, stain=False),
     )

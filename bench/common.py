@@ -185,6 +185,7 @@ class Timer:
 class MeasuredRun:
     returncode: int
     seconds: float          # wall clock, including interpreter and library start-up
+    cpu_seconds: float      # user + system CPU time of the child (wait4 rusage)
     peak_rss_mb: float      # the child's own lifetime peak (ru_maxrss from wait4)
     sampled_peak_mb: float  # sampled peak of the child's process tree (children included)
     stdout: str
@@ -203,6 +204,7 @@ def run_measured(cmd: Sequence[str], *, env: dict | None = None, interval: float
         out.seek(0)
         stdout = out.read()
     return MeasuredRun(returncode=proc.returncode, seconds=seconds,
+                       cpu_seconds=usage.ru_utime + usage.ru_stime,
                        peak_rss_mb=usage.ru_maxrss / _KIB, sampled_peak_mb=sampler.peak_mb,
                        stdout=stdout)
 

@@ -8,12 +8,12 @@ better than RGB colour jitter alone.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["AugmentConfig", "make_augmenter"]
+from model.config import AugmentConfig
+
+__all__ = ["AugmentConfig", "make_augmenter"]  # AugmentConfig re-exported from model.config
 
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in skimage's rgb2hed.
 _RGB_FROM_HED = np.array(
@@ -24,30 +24,6 @@ _RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    flips: bool = True           # horizontal/vertical flips and transposes: all 8 symmetries
-    affine: bool = True          # small rotation, zoom and shift
-    color: bool = True           # brightness, contrast, saturation, hue
-    stain: bool = True           # HED stain jitter
-    rotation_deg: float = 15.0
-    zoom: float = 0.1
-    zoom_in: float = 1.0         # largest magnification (scale augmentation), 1 = only `zoom`
-    shift: float = 0.05
-    brightness: float = 0.1      # fraction of the 0-255 range
-    contrast: float = 0.15
-    saturation: float = 0.2
-    hue: float = 0.03            # fraction of the hue circle
-    stain_sigma: float = 0.05
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def enabled(self) -> bool:
-        return self.flips or self.affine or self.color or self.stain
-
-
 def make_augmenter(config: AugmentConfig, *, seed: int):
     """A function (images float32 0-255, step int64) -> augmented images, stateless-seeded."""
     affine = None
@@ -56,16 +32,15 @@ def make_augmenter(config: AugmentConfig, *, seed: int):
 
         affine = keras.Sequential([
             keras.layers.RandomRotation(config.rotation_deg / 360.0, fill_mode="reflect", seed=seed),
-            # Keras zooms in for negative factors: -0.5 shows half the height, 2x magnified.
-            keras.layers.RandomZoom((-max(config.zoom, 1.0 - 1.0 / config.zoom_in), config.zoom),
-                                    fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom((-config.zoom, config.zoom), fill_mode="reflect",
+                                    seed=seed + 1),
             keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="reflect",
                                            seed=seed + 2),
         ], name="affine_augment")
 
     def augment(images: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
         step_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
-        seeds = tf.random.experimental.stateless_split(step_seed, 8)
+        seeds = tf.random.experimental.stateless_split(step_seed, 11)
         x = images
         if config.flips:
             x = tf.image.stateless_random_flip_left_right(x, seeds[0])
@@ -74,6 +49,8 @@ def make_augmenter(config: AugmentConfig, *, seed: int):
             x = tf.where(transpose, tf.transpose(x, [0, 2, 1, 3]), x)
         if affine is not None:
             x = affine(x, training=True)
+            if config.zoom_in > 1.0:
+                x = _random_magnify(x, config.zoom_in, seeds[10])
         if config.stain:
             x = _stain_jitter(x, config.stain_sigma, seeds[3])
         if config.color:
@@ -85,7 +62,12 @@ def make_augmenter(config: AugmentConfig, *, seed: int):
                                                      1 + config.saturation, seeds[6])
             x = tf.image.stateless_random_hue(x, config.hue, seeds[7])
             x = x * 255.0
-        return tf.clip_by_value(x, 0.0, 255.0)
+        x = tf.clip_by_value(x, 0.0, 255.0)
+        if config.blur_sigma > 0:
+            x = _random_blur(x, config.blur_sigma, seeds[8])
+        if config.jpeg_quality < 100:
+            x = _random_jpeg(x, config.jpeg_quality, seeds[9])
+        return x
 
     return augment
 
@@ -100,3 +82,50 @@ def _stain_jitter(x: tf.Tensor, sigma: float, seed: tf.Tensor) -> tf.Tensor:
     hed = hed * alpha + beta
     od = tf.einsum("bhwd,dc->bhwc", hed, _RGB_FROM_HED)
     return 255.0 * tf.exp(-od)
+
+
+def _random_magnify(x: tf.Tensor, max_magnification: float, seed: tf.Tensor) -> tf.Tensor:
+    """Random resized crop about the centre: each image magnified by a factor drawn
+    log-uniformly from [1, max_magnification], so every octave of cell size between the
+    sites is seen equally often (a uniform draw of the crop side would rarely magnify much).
+    """
+    batch, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    log_m = tf.random.stateless_uniform([batch], seed, 0.0, float(np.log(max_magnification)))
+    half = 0.5 / tf.exp(log_m)
+    boxes = tf.stack([0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half], axis=1)
+    return tf.image.crop_and_resize(x, boxes, tf.range(batch), tf.stack([height, width]))
+
+
+def _random_blur(x: tf.Tensor, max_sigma: float, seed: tf.Tensor) -> tf.Tensor:
+    """Gaussian blur with a sigma drawn per image from [0, max_sigma] (a blurrier camera).
+
+    One separable depthwise convolution for the whole batch: images are stacked along the
+    channel axis so that each gets its own kernel.
+    """
+    batch, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    radius = int(np.ceil(3 * max_sigma))
+    sigma = tf.random.stateless_uniform([batch], seed, 0.0, max_sigma)
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * (offsets[None, :] / tf.maximum(sigma[:, None], 1e-3)) ** 2)
+    kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)   # (B, K)
+    kernel = tf.repeat(kernel, 3, axis=0)                            # (B * 3, K)
+    stacked = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, height, width, batch * 3])
+    stacked = tf.pad(stacked, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+    rows = tf.transpose(kernel)[:, None, :, None]                    # (K, 1, B * 3, 1)
+    cols = tf.transpose(kernel)[None, :, :, None]                    # (1, K, B * 3, 1)
+    out = tf.nn.depthwise_conv2d(stacked, rows, [1, 1, 1, 1], "VALID")
+    out = tf.nn.depthwise_conv2d(out, cols, [1, 1, 1, 1], "VALID")
+    return tf.transpose(tf.reshape(out, [height, width, batch, 3]), [2, 0, 1, 3])
+
+
+def _random_jpeg(x: tf.Tensor, min_quality: int, seed: tf.Tensor) -> tf.Tensor:
+    """Re-encode each image as JPEG at a quality drawn from [min_quality, 100]."""
+    seeds = tf.random.experimental.stateless_split(seed, tf.shape(x)[0])
+
+    def one(args):
+        image, image_seed = args
+        image = tf.cast(tf.round(image), tf.uint8)
+        return tf.cast(tf.image.stateless_random_jpeg_quality(image, min_quality, 100,
+                                                              image_seed), tf.float32)
+
+    return tf.map_fn(one, (x, seeds), fn_output_signature=tf.float32)

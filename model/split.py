@@ -13,7 +13,7 @@ from audit.atomic import atomic_path
 from audit.data import Dataset
 from audit.errors import UsageError
 
-__all__ = ["split_dataset", "write_split_manifest"]
+__all__ = ["split_dataset", "write_split_manifest", "write_manifest"]
 
 
 def split_dataset(
@@ -44,6 +44,38 @@ def split_dataset(
     return np.sort(train), np.sort(val)
 
 
+def _relative_to(base: Path):
+    def where(path: str) -> str:
+        absolute = Path(path).resolve()
+        try:
+            return str(absolute.relative_to(base))
+        except ValueError:
+            return str(absolute)
+    return where
+
+
+def write_manifest(path: str | os.PathLike, dataset: Dataset, indices: np.ndarray, *,
+                   groups: np.ndarray | None = None) -> Path:
+    """Write the images `indices` of `dataset` as a manifest (path,label,group) that
+    `audit run --data` and `audit train` read; paths relative to the manifest's folder when the
+    data lies below it, else absolute."""
+    path = Path(path)
+    where = _relative_to(path.parent.resolve())
+
+    def group(i: int) -> str:
+        if groups is not None:
+            return str(groups[i])
+        return dataset.groups[i] if dataset.groups is not None else ""
+
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "group"])
+        for i in indices:
+            writer.writerow([where(dataset.paths[i]), dataset.class_names[dataset.labels[i]],
+                             group(i)])
+    return path
+
+
 def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.ndarray,
                          val: np.ndarray, *, groups: np.ndarray | None = None) -> list[Path]:
     """Write `path` (path,label,group,split) and one manifest per split beside it.
@@ -53,14 +85,7 @@ def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.nd
     when the data lies below it, else absolute.
     """
     path = Path(path)
-    base = path.parent.resolve()
-
-    def where(i: int) -> str:
-        absolute = Path(dataset.paths[i]).resolve()
-        try:
-            return str(absolute.relative_to(base))
-        except ValueError:
-            return str(absolute)
+    where = _relative_to(path.parent.resolve())
 
     def group(i: int) -> str:
         if groups is not None:  # the groups the split kept apart
@@ -68,20 +93,15 @@ def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.nd
         return dataset.groups[i] if dataset.groups is not None else ""
 
     stem = path.name[: -len(".split.csv")] if path.name.endswith(".split.csv") else path.stem
-    written = []
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "group", "split"])
         for split, indices in (("train", train), ("validation", val)):
             for i in indices:
-                writer.writerow([where(i), dataset.class_names[dataset.labels[i]], group(i), split])
-    written.append(path)
+                writer.writerow([where(dataset.paths[i]), dataset.class_names[dataset.labels[i]],
+                                 group(i), split])
+    written = [path]
     for split, indices in (("train", train), ("validation", val)):
-        target = path.with_name(f"{stem}.{split}.csv")
-        with atomic_path(target) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "group"])
-            for i in indices:
-                writer.writerow([where(i), dataset.class_names[dataset.labels[i]], group(i)])
-        written.append(target)
+        written.append(write_manifest(path.with_name(f"{stem}.{split}.csv"), dataset, indices,
+                                      groups=groups))
     return written

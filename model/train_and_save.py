@@ -10,8 +10,8 @@ import numpy as np
 from audit.data import Dataset
 from audit.errors import UsageError
 from model.io import library_versions, save_model
-from model.split import split_dataset, write_split_manifest
-from model.train import TrainConfig, train_classifier
+from model.split import split_dataset, write_manifest, write_split_manifest
+from model.train import TrainConfig, finetune_on_target, train_classifier
 
 __all__ = ["fit_and_save", "PREPROCESSING", "INPUT_CONTRACT"]
 
@@ -95,9 +95,19 @@ def fit_and_save(
     val_set: Dataset | None = None,
     val_fraction: float = 0.2,
     group_split: str | None = None,
+    target: Dataset | None = None,
+    n_per_class: int = 50,
+    target_epochs: int = 10,
     verbose: int | None = None,
 ) -> dict:
-    """Train on `dataset` (split off validation unless `val_set`), save model + metadata."""
+    """Train on `dataset` (split off validation unless `val_set`), save model + metadata.
+
+    With `target` (labelled images of another site): the few-label recipe. After the usual
+    training, fine-tune on up to `n_per_class` target images per class (never more than half
+    of a class, so every class keeps images to evaluate on), then write the target images used
+    and the rest beside the model (`<stem>.target_train.csv`, `<stem>.target_heldout.csv`):
+    the model may only be evaluated on the held-out ones.
+    """
     import sys
 
     out = Path(out)
@@ -114,9 +124,13 @@ def fit_and_save(
         verbose = 1 if sys.stdout.isatty() else 2
     result = train_classifier(dataset, train_idx, val_source, val_idx, config=config,
                               verbose=verbose)
-    # The saved weights are those of the epoch with the lowest validation loss over both phases.
-    val_accuracy = float(result.history["val_accuracy"][int(np.argmin(result.history["val_loss"]))]) \
-        if result.history.get("val_loss") else float("nan")
+    # The saved weights are the better phase's best epoch on validation accuracy.
+    val_accuracy = result.val_accuracy
+    target_record = None
+    if target is not None:
+        target_record, target_idx, target_rest = _finetune_on_target(
+            result.model, dataset, train_idx, val_source, val_idx, target,
+            config=config, n_per_class=n_per_class, epochs=target_epochs, verbose=verbose)
 
     split_path = out.with_name(out.stem + ".split.csv")  # + .train.csv, .validation.csv
     metadata = {
@@ -143,8 +157,64 @@ def fit_and_save(
         "validation_accuracy": val_accuracy if np.isfinite(val_accuracy) else None,
         "training_seconds": round(result.seconds, 1),
     }
+    if target_record is not None:
+        metadata["target_finetuning"] = target_record
+        metadata["training_seconds"] = round(result.seconds + target_record["seconds"], 1)
     save_model(result.model, out, metadata)
     if val_set is None:
         write_split_manifest(split_path, dataset, train_idx, val_idx, groups=groups)
+    if target is not None:
+        for suffix, indices in (("target_train", target_idx), ("target_heldout", target_rest)):
+            write_manifest(out.with_name(f"{out.stem}.{suffix}.csv"), target, indices)
     return {"model": result.model, "metadata": metadata, "val_accuracy": val_accuracy,
             "train_idx": train_idx, "val_idx": val_idx}
+
+
+def target_sample(target: Dataset, n_per_class: int, *, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Seeded (fine-tune, held-out) indices of `target`: up to `n_per_class` per class, never
+    more than half of a class. Returns the per-class count taken."""
+    if n_per_class < 1:
+        raise UsageError(f"--n-per-class must be >= 1, received {n_per_class}")
+    rng = np.random.default_rng(seed)
+    taken, counts = [], {}
+    for c, name in enumerate(target.class_names):
+        members = np.flatnonzero(target.labels == c)
+        k = min(n_per_class, len(members) // 2)
+        counts[name] = int(k)
+        taken.extend(rng.choice(members, k, replace=False).tolist())
+    if not taken:
+        raise UsageError(f"--finetune-on '{target.root}': no class has 2 or more images, so "
+                         "none can be split between fine-tuning and evaluation")
+    chosen = np.sort(np.array(taken, dtype=int))
+    return chosen, np.setdiff1d(np.arange(len(target)), chosen), counts
+
+
+def _finetune_on_target(model, dataset, train_idx, val_source, val_idx, target, *, config,
+                        n_per_class, epochs, verbose):
+    from audit.progress import status
+    from model.train import make_input_pipeline
+
+    if tuple(target.class_names) != tuple(dataset.class_names):
+        raise UsageError(f"--finetune-on '{target.root}' has classes "
+                         f"{', '.join(target.class_names)}; the training data has "
+                         f"{', '.join(dataset.class_names)}")
+    chosen, rest, counts = target_sample(target, n_per_class, seed=config.seed)
+    capped = {k: v for k, v in counts.items() if v < n_per_class}
+    if capped:
+        status("few-label fine-tuning: classes with fewer than "
+               f"{2 * n_per_class} target images give half to fine-tuning: "
+               + ", ".join(f"{k} {v}" for k, v in capped.items()))
+    record = finetune_on_target(model, target, chosen, config=config, epochs=epochs,
+                                source=(dataset, train_idx), verbose=verbose)
+    val_ds = make_input_pipeline(val_source, val_idx, image_size=config.input_size,
+                                 batch_size=config.batch_size, shuffle=False, seed=config.seed)
+    probs = model.predict(val_ds.map(lambda x, y: x), verbose=0)
+    record.update({
+        "data": target.describe() | {"skipped": len(target.skipped)},
+        "n_per_class": n_per_class, "per_class": counts,
+        "heldout_images": int(len(rest)),
+        "source_validation_accuracy_after": float(np.mean(
+            probs.argmax(1) == val_source.labels[val_idx])),
+    })
+    return record, chosen, rest
