@@ -36,8 +36,8 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig()) -> di
     from audit.runner import DataSpec, run_audit
     from audit.synthetic import REFERENCE_SITE, SHIFTED_SITE, write_site
     from model.augment import AugmentConfig
-    from model.train_and_save import fit_and_save
     from model.train import TrainConfig
+    from model.train_and_save import fit_and_save
 
     out = Path(out)
     started = time.perf_counter()

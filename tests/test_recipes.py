@@ -17,8 +17,8 @@ from audit.errors import UsageError
 from model.augment import make_augmenter
 from model.build import BACKBONE, build_classifier
 from model.config import RECIPES, AugmentConfig, TrainConfig, make_config
-from model.train_and_save import target_sample
 from model.train import _compile, _unfreeze_top
+from model.train_and_save import target_sample
 
 WEIGHTS = Path(os.environ.get(
     "CELLAUDIT_WEIGHTS",
