@@ -11,8 +11,6 @@ Sentences in the verdict are composed from the numbers and the ranked findings, 
 
 from __future__ import annotations
 
-import json
-import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +24,17 @@ from audit.audit_json import (
     performance_set,
 )
 from reports import figures
+from reports.format import (  # noqa: F401 - the filters, re-exported for existing imports
+    MIN_RELIABLE_N,
+    ci_text,
+    num,
+    p_text,
+    pct,
+    points_ci,
+    pts,
+    toml_text,
+)
+from reports.format import finite as _finite
 
 __all__ = ["SECTIONS", "SECTION_TITLES", "build_context", "pct", "ci_text", "num", "p_text",
            "check_state", "recommendations", "limitations", "reporting_checklist", "toml_text",
@@ -61,64 +70,8 @@ STATUS_WORDS = {
     "SKIP": "cannot be judged: no check applied to these inputs",
 }
 _SCORED = ("PASS", "WARN", "FAIL")
-MIN_RELIABLE_N = 20  # as audit.stats: rates on fewer images are marked as rough
 EXAMPLES_PER_CLASS = 4
 THUMBNAIL_PIXELS = 64
-
-
-# ---------------------------------------------------------------- number formatting (filters)
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and abs(value) != float("inf")
-
-
-def pct(value: Any, digits: int = 1) -> str:
-    """0.1234 -> '12.3%'; None/NaN -> 'n/a'."""
-    return f"{100 * value:.{digits}f}%" if _finite(value) else "n/a"
-
-
-def pts(value: Any, digits: int = 1) -> str:
-    """An accuracy difference as points: 0.163 -> '16.3'; None/NaN -> 'n/a'."""
-    return f"{100 * value:.{digits}f}" if _finite(value) else "n/a"
-
-
-def num(value: Any, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if _finite(value) else "n/a"
-
-
-def ci_text(ci: Any, digits: int = 1) -> str:
-    """{value, low, high[, n]} -> '92.1% (95% CI 89.0 to 94.6, n=120)'; percentages. A rate
-    carries its number of images; under 20 the text says it is a rough estimate."""
-    if not isinstance(ci, Mapping) or not _finite(ci.get("value")):
-        return "n/a" if not isinstance(ci, Mapping) or ci.get("n") is None else \
-            f"n/a (n={ci['n']})"
-    text = pct(ci["value"], digits)
-    n = ci.get("n")
-    count = f", n={n}" if isinstance(n, int) else ""
-    if _finite(ci.get("low")) and _finite(ci.get("high")):
-        text += f" (95% CI {100 * ci['low']:.{digits}f} to {100 * ci['high']:.{digits}f}{count})"
-    elif count:
-        text += f" ({count[2:]})"
-    if isinstance(n, int) and n < MIN_RELIABLE_N:
-        text += " (few images: rough)"
-    return text
-
-
-def points_ci(ci: Any, digits: int = 1) -> str:
-    """A difference in percentage points with its CI: '12.0 points (95% CI 4.1 to 20.2)'."""
-    if not isinstance(ci, Mapping) or not _finite(ci.get("value")):
-        return "n/a"
-    text = f"{100 * ci['value']:.{digits}f} points"
-    if _finite(ci.get("low")) and _finite(ci.get("high")):
-        text += f" (95% CI {100 * ci['low']:.{digits}f} to {100 * ci['high']:.{digits}f})"
-    return text
-
-
-def p_text(value: Any) -> str:
-    if not _finite(value):
-        return "n/a"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _get(data: Any, *keys: Any, default: Any = None) -> Any:
@@ -1188,44 +1141,6 @@ def recommendations_section(audit: Mapping, assets=None, *, available=None) -> d
 
 
 # ---------------------------------------------------------------- 15. reproducibility
-
-def toml_text(data: Mapping, prefix: str = "") -> str:
-    """A readable TOML rendering of the config: scalars first, then one [table] per section."""
-    def is_table(value: Any) -> bool:
-        return isinstance(value, Mapping) and bool(value)
-
-    blocks = []
-    scalars = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if not is_table(v)]
-    if scalars:
-        blocks.append("\n".join(scalars))
-    for key, value in data.items():
-        if not is_table(value):
-            continue
-        name = f"{prefix}{_toml_key(key)}"
-        inner = toml_text(value, prefix=f"{name}.")
-        has_scalars = any(not is_table(v) for v in value.values())
-        blocks.append(f"[{name}]\n{inner}" if has_scalars else inner)
-    return "\n\n".join(blocks)
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", str(key)) else json.dumps(str(key))
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "{}" if not value else "{ " + ", ".join(
-            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if value is None:
-        return '""'
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
 
 def reproducibility_section(audit: Mapping, assets=None) -> dict:
     command = audit.get("command") or []
