@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined
 from markupsafe import Markup
 
 from audit.atomic import write_text
@@ -199,8 +199,12 @@ def _get(data, *keys):
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> Environment:
-    """One environment per process: templates are compiled once."""
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True,
+    """One environment per process: templates are compiled once. Built-in templates come from
+    reports/templates/; a section registered with a template path is found as "section:<name>"."""
+    from reports.sections import template_source
+
+    loader = ChoiceLoader([FileSystemLoader(str(TEMPLATES)), FunctionLoader(template_source)])
+    env = Environment(loader=loader, autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
     env.filters.update(pct=fmt.pct, pts=fmt.pts, num=fmt.num, ci=fmt.ci_text, points=fmt.points_ci,
