@@ -114,3 +114,46 @@ def test_external_check_without_a_section_gets_the_generic_one(lab_plugin, tiny_
     assert "datasets.site_b.share" in section            # its metrics, as recorded
     for finding in (f for f in data["findings"] if f["check"] == "brightness"):
         assert str(escape(finding["text"])) in section
+
+
+def test_every_registered_section_has_a_loadable_template_and_a_unique_name():
+    from reports.render import _environment
+
+    sections = load_builtin_sections()
+    assert len({s.name for s in sections}) == len(sections) == 15
+    assert [s.order for s in sections] == sorted(s.order for s in sections)
+    for section in sections:
+        _environment().get_template(section.template)   # raises TemplateNotFound
+
+
+def test_register_section_refuses_a_taken_name_and_a_missing_template(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "SECTIONS", dict(registry.SECTIONS))
+    load_builtin_sections()
+    with pytest.raises(ValueError, match="'performance' is already registered"):
+        registry.register_section("performance", "Mine", lambda audit, assets: {},
+                                  "_performance.html.j2")
+    with pytest.raises(ValueError, match="does not exist"):
+        registry.register_section("mine", "Mine", lambda audit, assets: {},
+                                  tmp_path / "absent.html.j2")
+
+
+def test_a_check_in_audit_json_without_a_section_is_shown_generically():
+    """No model: the frozen sample plus one check no section names."""
+    from reports.render import render_html
+
+    data = json.loads((REPO / "tests" / "data" / "audit_sample_v2.json").read_text())
+    finding = {"check": "stain_batch", "text": "Stain batch 7 is paler than the others.",
+               "action": "re-stain batch 7", "dataset": "heldout", "gap_share": None,
+               "impact": 0.5, "evidence": {}, "kind": "stain_batch"}
+    data["checks"]["stain_batch"] = {
+        "name": "stain_batch", "status": "WARN", "summary": "one pale batch",
+        "metrics": {"datasets": {"heldout": {"pale_batches": 1, "share": 0.125}}},
+        "findings": [finding], "artifacts": {}, "error": None, "seconds": 0.1}
+    data["findings"].insert(0, finding)
+    html = render_html(data, strict=True)
+    section = html.split('id="check-stain_batch"')[1].split("</section>")[0]
+    assert "14. The stain_batch check" in section
+    assert "one pale batch" in section and "datasets.heldout.share" in section
+    assert "0.1250" in section and "Stain batch 7 is paler than the others." in section
+    assert '<li value="1">' in section                 # its rank among all findings
+    assert "16. Reproducibility" in html

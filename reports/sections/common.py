@@ -6,17 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from audit.audit_json import (
-    AuditDocument,
-    AuditJsonError,
-    CheckView,
-    View,
-    load_audit,
-)
-from reports.format import (
-    finite,
-    points_ci,
-)
+from audit.audit_json import AuditDocument, AuditJsonError, CheckView, View, load_audit
+from reports.format import finite, points_ci
 
 STATUS_WORDS = {
     "PASS": "can be used on data like the evaluated sets, within the limitations below",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from audit.audit_json import (
-    performance_set,
-)
+from audit.audit_json import performance_set
 from reports import figures
 from reports.sections.common import check_header, check_state, findings_of, unavailable
 from reports.sections.registry import register_section

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from reports.format import (
-    finite,
-)
+from reports.format import finite
 from reports.sections.common import lookup
 from reports.sections.registry import register_section, registered
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 
-from reports.format import (
-    toml_text,
-)
+from reports.format import toml_text
 from reports.sections.common import lookup
 from reports.sections.registry import register_section
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from reports import figures
-from reports.format import (
-    finite,
-)
+from reports.format import finite
 from reports.sections.common import (
     check_header,
     check_state,

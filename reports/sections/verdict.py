@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from audit.audit_json import (
-    AuditDocument,
-    AuditJsonError,
-    performance_set,
-)
+from audit.audit_json import AuditDocument, AuditJsonError, performance_set
 from reports import figures
-from reports.format import (
-    ci_text,
-    finite,
-    pct,
-    points_ci,
-)
+from reports.format import ci_text, finite, pct, points_ci
 from reports.sections.common import (
     STATUS_WORDS,
     check_state,
