@@ -17,13 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined
 from markupsafe import Markup
 
 from audit.atomic import write_text
 from audit.audit_json import AuditDocument, load_audit
 from reports import context as ctx
 from reports import figures
+from reports import format as fmt
 
 __all__ = ["render_report", "render_html", "load_audit", "Assets", "TEMPLATES"]
 
@@ -130,7 +131,7 @@ class Assets:
                 if not item.get("correct") else f"{item.get('label_name')} image, predicted "
                                                 "correctly")
         panels = [{"method": "image", "title": "Image", "uri": figures.image_uri(image, size=size),
-                   "alt": f"Input: {what} (confidence {ctx.pct(item.get('confidence'))})."}]
+                   "alt": f"Input: {what} (confidence {fmt.pct(item.get('confidence'))})."}]
         for method in methods:
             values = item["maps"].get(method)
             if values is None:
@@ -179,7 +180,7 @@ class Assets:
                 how = "identical files"
             else:
                 how = (f"hash distance {e.get('hash_distance')}, cosine "
-                       f"{ctx.num(e.get('cosine'), 2)}")
+                       f"{fmt.num(e.get('cosine'), 2)}")
             out.append({"uri": figures.image_strip([left, right], size=size), "how": how,
                         "alt": f"An image of {query} ({e.get('path')}) beside its near-copy in "
                                f"{against} ({e.get('match_path')}): {how}."})
@@ -198,12 +199,16 @@ def _get(data, *keys):
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> Environment:
-    """One environment per process: templates are compiled once."""
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True,
+    """One environment per process: templates are compiled once. Built-in templates come from
+    reports/templates/; a section registered with a template path is found as "section:<name>"."""
+    from reports.sections import template_source
+
+    loader = ChoiceLoader([FileSystemLoader(str(TEMPLATES)), FunctionLoader(template_source)])
+    env = Environment(loader=loader, autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
-    env.filters.update(pct=ctx.pct, pts=ctx.pts, num=ctx.num, ci=ctx.ci_text, points=ctx.points_ci,
-                       p=ctx.p_text)
+    env.filters.update(pct=fmt.pct, pts=fmt.pts, num=fmt.num, ci=fmt.ci_text, points=fmt.points_ci,
+                       p=fmt.p_text)
     return env
 
 

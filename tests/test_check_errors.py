@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import logits_for, make_context, make_view
 
-from audit.checks.errors import (
+from audit.checks.class_errors import (
     ErrorsCheck,
     assign_bins,
     confident_errors,

@@ -209,5 +209,5 @@ def load_plugin_checks() -> None:
 
 
 # Order matters: later checks may read earlier results (findings are ranked at the end).
-CHECK_MODULES = ("performance", "calibration", "errors", "leakage", "shift", "robustness",
+CHECK_MODULES = ("performance", "calibration", "class_errors", "leakage", "shift", "robustness",
                  "selective", "safety", "label_issues", "gap_factors")

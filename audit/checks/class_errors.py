@@ -1,4 +1,5 @@
-"""Errors: what the model gets wrong, and on which kinds of image.
+"""The `errors` check (module class_errors, not to be confused with audit.errors, the exception
+types): what the model gets wrong, and on which kinds of image.
 
 Per evaluated set: the most frequent confusions, the most confident errors, per-class error
 rates, and weak slices. A slice is a quantile bin of one image property (brightness, contrast,
