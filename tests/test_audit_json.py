@@ -26,6 +26,9 @@ REGENERATE = "PYTHONPATH=. python tests/test_audit_json.py --regenerate {fresh}"
 MAX_ITEMS = 4          # lists of objects in the sample are cut to this many items
 MAX_VALUES = 24        # and long lists of numbers (curves) to this many (figures stay drawable)
 FREE_FORM = ("evidence",)   # keys whose content is free-form (a finding's numbers)
+# The model file's own record (a CellAudit training record, or whatever a user's model carries),
+# passed through as it is: its keys follow the trainer, not this contract.
+FREE_FORM_PATHS = (".model.metadata",)
 
 
 # ---- the frozen sample --------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def structure(value, path: str = "", out: dict | None = None) -> dict[str, set[s
     out.setdefault(path or "$", set()).add(_kind(value))
     if isinstance(value, dict):
         for key, inner in value.items():
-            if key not in FREE_FORM:
+            if key not in FREE_FORM and f"{path}.{key}" not in FREE_FORM_PATHS:
                 structure(inner, f"{path}.{key}", out)
     elif isinstance(value, list):
         for inner in value:
