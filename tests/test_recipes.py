@@ -89,14 +89,18 @@ def test_adapt_moves_batchnorm_statistics_faster_than_mobilenets_momentum():
 def test_recipes_fill_in_and_explicit_options_win():
     assert make_config("default") == TrainConfig()
     cross = make_config("cross-site")
-    for key, value in RECIPES["cross-site"].augment.items():
-        assert getattr(cross.augment, key) == value
-    assert cross.augment != AugmentConfig()
-    mixed = make_config("cross-site", train={"finetune_epochs": 2, "seed": None},
+    assert cross.head_augment and cross.finetune_epochs == 0
+    for key, value in RECIPES["cross-site"].train.items():
+        assert getattr(cross, key) == value
+    strong = make_config("cross-site-finetune")
+    for key, value in RECIPES["cross-site-finetune"].augment.items():
+        assert getattr(strong.augment, key) == value
+    assert strong.augment != AugmentConfig()
+    mixed = make_config("cross-site-finetune", train={"finetune_epochs": 2, "seed": None},
                         augment={"zoom_in": 1.5, "blur_sigma": None})
     assert mixed.finetune_epochs == 2 and mixed.seed == TrainConfig().seed
     assert mixed.augment.zoom_in == 1.5
-    assert mixed.augment.blur_sigma == RECIPES["cross-site"].augment["blur_sigma"]
+    assert mixed.augment.blur_sigma == RECIPES["cross-site-finetune"].augment["blur_sigma"]
     with pytest.raises(UsageError, match="--recipe"):
         make_config("fast")
     with pytest.raises(UsageError, match="--label-smoothing"):
@@ -126,11 +130,11 @@ def test_train_help_states_every_default_and_the_cli_uses_them(tmp_path):
     args = parser.parse_args(["train", str(tmp_path), "--out", "m.keras", "--weights", "none"])
     assert config_from_args(args) == TrainConfig(weights=None)
     args = parser.parse_args(["train", str(tmp_path), "--out", "m.keras", "--weights", "none",
-                              "--recipe", "cross-site", "--no-affine"])
+                              "--recipe", "cross-site-finetune", "--no-affine"])
     config = config_from_args(args)
     # The recipe's scale augmentation goes with the affine family that was switched off.
     assert not config.augment.affine and config.augment.zoom_in == 1.0
-    assert config.augment.blur_sigma == RECIPES["cross-site"].augment["blur_sigma"]
+    assert config.augment.blur_sigma == RECIPES["cross-site-finetune"].augment["blur_sigma"]
 
 
 def test_train_cli_rejects_bad_recipe_options(tmp_path, capsys):
