@@ -128,8 +128,8 @@ def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
      "prop_<name>" (B,) per image property}; `measure_cell` (B,) bool: where to measure the
     cell size (its mask costs about two forward passes).
     """
-    from audit.duplicates import dihedral_hashes
     from audit.imaging import image_properties, image_usability
+    from audit.leakage.duplicates import dihedral_hashes
 
     logits, embeddings = predictor.outputs(images)
     properties = {**image_properties(images, cell_size=measure_cell), **image_usability(images)}

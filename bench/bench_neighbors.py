@@ -61,15 +61,15 @@ def main() -> int:
     args = parser.parse_args()
     import hnswlib
 
-    from audit.duplicates import nearest_embedding_matches, nearest_hash_matches, unit_rows
-    from audit.neighbors import nearest_cosine, nearest_hamming
+    from audit.leakage.duplicates import nearest_embedding_matches, nearest_hash_matches, unit_rows
+    from audit.leakage.neighbors import nearest_cosine, nearest_hamming
 
     print(machine_line())
     query, ref = embeddings(args.refs, args.queries, args.dim, args.seed)
     (_, exact_cos), t_exact = timed(lambda: nearest_embedding_matches(query, ref))
-    rows = [["embeddings", "exact blocked (audit.duplicates)", f"{t_exact:.1f}", "1.000"]]
+    rows = [["embeddings", "exact blocked (audit.leakage.duplicates)", f"{t_exact:.1f}", "1.000"]]
     (_, cos, search), t_faiss = timed(lambda: nearest_cosine(query, ref, exact_max_pairs=0))
-    rows.append(["embeddings", "FAISS HNSW (audit.neighbors)", f"{t_faiss:.1f}",
+    rows.append(["embeddings", "FAISS HNSW (audit.leakage.neighbors)", f"{t_faiss:.1f}",
                  f"{np.mean(cos >= exact_cos - 1e-5):.3f} (sampled: {search.recall:.3f})"])
 
     def hnsw():
@@ -84,9 +84,9 @@ def main() -> int:
                  f"{np.mean(h_cos >= exact_cos - 1e-5):.3f}"])
     qh, rh = hashes(args.refs, args.queries, args.seed)
     (_, exact_d), t_hx = timed(lambda: nearest_hash_matches(qh, rh))
-    rows.append(["pHash x8", "exact blocked (audit.duplicates)", f"{t_hx:.1f}", "1.000"])
+    rows.append(["pHash x8", "exact blocked (audit.leakage.duplicates)", f"{t_hx:.1f}", "1.000"])
     (_, dist, search), t_hf = timed(lambda: nearest_hamming(qh, rh, exact_max_pairs=0))
-    rows.append(["pHash x8", "FAISS binary HNSW (audit.neighbors)", f"{t_hf:.1f}",
+    rows.append(["pHash x8", "FAISS binary HNSW (audit.leakage.neighbors)", f"{t_hf:.1f}",
                  f"{np.mean(dist <= exact_d):.3f} (sampled: {search.recall:.3f}); "
                  f"copies within 4 bits found: "
                  f"{np.mean((dist <= 4)[exact_d <= 4]):.3f}"])
@@ -100,8 +100,8 @@ def set_level_cap(seed: int) -> None:
     """The leakage set-level estimate with K capped below the references per class: 4
     isotropic Gaussian classes of 4,000 references (64-d), 1,000 queries of which 40% are
     copies of a reference of their class (noise 0.1 against a class spread of 1)."""
-    from audit.checks.leakage import _excess_scorer, excess_share
-    from audit.duplicates import class_matched_nearest, unit_rows
+    from audit.leakage.duplicates import class_matched_nearest, unit_rows
+    from audit.leakage.set_level import _excess_scorer, excess_share
 
     rng = np.random.default_rng(seed)
     n_per, dim, n_q = 4000, 64, 1000

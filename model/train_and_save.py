@@ -54,7 +54,7 @@ def _split_groups(dataset: Dataset, mode: str | None, config: TrainConfig
                    if key in ("n_groups", "sizes", "threshold", "null", "graph",
                               "pairs_examined", "timings")}
         return found.labels(), summary
-    from audit.duplicates import near_duplicate_groups
+    from audit.leakage.duplicates import near_duplicate_groups
 
     # Perceptual hashes miss augmented copies (shifted, sheared, rotated by a few degrees);
     # pretrained features link many of them, so use them whenever there are weights.
@@ -65,7 +65,7 @@ def _split_groups(dataset: Dataset, mode: str | None, config: TrainConfig
 
 # Nearest-neighbour cosine of ImageNet MobileNetV2 features above which two cell crops are
 # taken for copies: about 1% of unrelated kaggle/PBC cells reach it, while most augmented
-# copies do (measured in audit/duplicates.py).
+# copies do (measured in audit/leakage/duplicates.py).
 NEAR_DUPLICATE_COSINE = 0.92
 
 

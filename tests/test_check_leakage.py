@@ -11,17 +11,21 @@ import numpy as np
 import pytest
 from conftest import logits_for, make_context, make_view
 
-from audit.checks.leakage import (
-    LeakageCheck,
-    accuracy_by_copy,
+from audit.checks.leakage import LeakageCheck
+from audit.leakage.accuracy import accuracy_by_copy, leak_gap_share
+from audit.leakage.duplicates import (
+    class_matched_nearest,
+    exact_matches,
+    file_digests,
+    find_matches,
+)
+from audit.leakage.set_level import (
     cap_share,
     closer_in_reference,
     excess_share,
-    leak_gap_share,
     nearest_excess,
     set_level_share,
 )
-from audit.duplicates import class_matched_nearest, exact_matches, file_digests, find_matches
 from audit.results import Status
 
 AB = ("a", "b")
@@ -251,9 +255,9 @@ def test_calibration_lowers_the_hash_threshold_for_look_alike_images(tmp_path):
 
 
 def test_null_is_sampled_on_large_sets(tmp_path, monkeypatch):
-    import audit.checks.leakage as leakage
+    import audit.leakage.pairing as pairing
 
-    monkeypatch.setattr(leakage, "_NULL_SAMPLE", 30)
+    monkeypatch.setattr(pairing, "_NULL_SAMPLE", 30)
     train, held, shifted = _leaky_setup()
     result, data, _ = _run([train, held, shifted], tmp_path)
     against = data["metrics"]["datasets"]["heldout"]["against"]["train"]

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import audit.duplicates as dup
+import audit.leakage.duplicates as dup
 from audit.data import load_dataset
-from audit.duplicates import (
+from audit.imaging import perceptual_hash
+from audit.leakage.duplicates import (
     NO_MATCH_DISTANCE,
     calibrated_cosine_threshold,
     calibrated_hash_threshold,
@@ -25,7 +26,6 @@ from audit.duplicates import (
     nearest_embedding_matches,
     nearest_hash_matches,
 )
-from audit.imaging import perceptual_hash
 
 
 def _flip_bits(h: int, bits) -> int:

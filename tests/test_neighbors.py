@@ -1,4 +1,4 @@
-"""Nearest-neighbour search: exact below the size limit (identical to audit.duplicates), the
+"""Nearest-neighbour search: exact below the size limit (identical to audit.leakage.duplicates), the
 approximate FAISS index above it finds the planted copies, its recall at 1 is measured on a
 seeded sample and reported, and the set level's reference cap."""
 
@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.duplicates import class_matched_nearest, nearest_embedding_matches, nearest_hash_matches
-from audit.neighbors import nearest_cosine, nearest_hamming
+from audit.leakage.duplicates import (
+    class_matched_nearest,
+    nearest_embedding_matches,
+    nearest_hash_matches,
+)
+from audit.leakage.neighbors import nearest_cosine, nearest_hamming
 
 
 def _embeddings(n_refs=3000, n_queries=600, dim=64, seed=0):

@@ -1,5 +1,9 @@
 """Leakage: copies of one cell on both sides of a split, or many times within one set.
 
+One module over 400 lines because its findings (per-image, set-level, within-set) read the
+same per-comparison entries the run builds and share its wording; the engines that compute
+those entries are in `audit.leakage`.
+
 An image has a near-copy in a reference set when a file there is byte-identical (SHA-1), its
 pHash lies within `max_hash_distance` bits (in any of 8 rotations/mirrorings when the
 outputs hold `dihedral_hashes`), or the model's embeddings have cosine similarity of at least
@@ -11,38 +15,12 @@ images alike (an untrained model) then match nothing instead of everything.
 Evaluation sets are compared with train, shifted sets with the heldout set, and every set
 with itself (copies inflate the apparent sample size).
 
-Per-image thresholds miss augmented copies (rotation, shift, shear): on kaggle_bloodcells a
-random split's validation images lie at median cosine 0.91 from their nearest training image
-against 0.87 for unrelated cells, so a threshold that admits few unrelated cells matches 3%
-of a set where 99% of the cells are in train. The set-level estimate compares
-distributions instead. Each evaluation image gets a nearest-neighbour score against the
-training images of its own class (observed) and against as many training images of one
-other class (null, `class_matched_nearest`): how far its most similar one stands out from
-the rest (`nearest_excess` of angular similarity, a robust Z-norm). Raw similarity will
-not do: images of one class are alike, so same-class nearest neighbours beat other-class
-ones without any copy (a PBC random split, distinct cells, reads as 75% copies in ImageNet
-features and 91% in a fine-tuned model's); relative to the image's similarity to the rest
-of the class, a copy stands out and mere likeness does not (-19% and -25% there, 78-80% on
-kaggle's random split, 0 +- 2% on its disjoint TEST set). The share is Storey's (2002)
-excess over the null, 1 - F_obs(t) / F_null(t) at t = the null's median: below t the
-observed set holds only the non-copies' share of what the null would, as long as copies
-score above t. It is a lower bound - copies scoring below t count as non-copies, and
-other classes' scores run a little higher: 40% of PBC validation cells planted in train as
-one augmented copy each read 30% (flipped), 26% (+-5 degrees, 3% shift), 16% (+-10, 5%)
-and nothing significant (+-20, 10%), where per-image matching finds 40%, 23%, 11% and 3%.
-A bootstrap interval and a one-sided Mann-Whitney p-value come with it; the lower bound
-of the interval counts in the status when p < `set_level_alpha`.
-
-The excess is relative to each class's spread, which a set from another laboratory can show
-without any copy: PBC-trained features put BCCD crops (another lab, no shared cells) at a 45%
-'excess' against PBC train, while no BCCD image came nearer than cosine 0.74 to any PBC
-image and every one has a closer neighbour among the other BCCD crops (median 0.84). A copy
-is nearer its source than distinct cells of its own set are to it, so the estimate is capped
-by `closer_in_reference`: the share of the set whose nearest image in the reference is
-nearer than its nearest other image in the set itself (0% there; 80% on kaggle's random
-split, where the estimate is 80%). The cap only lowers the estimate; for same-site splits
-the reference (usually larger) often holds the nearer image without copies, so it rarely
-binds there.
+Per-image thresholds miss augmented copies (rotation, shift, shear), so each comparison
+also gets a set-level estimate: the share of copies read from the distribution of
+nearest-neighbour scores against a class-matched null, a lower bound with a bootstrap
+interval and a Mann-Whitney p-value, capped by `closer_in_reference`; how and why, with
+the measurements behind it: `audit.leakage.set_level`. The engines behind this check live
+in `audit.leakage` (per-image pairing, the set level, accuracy with and without copies).
 
 With `source_groups` on (off by default: about 0.1 s per image), keypoint matching with
 geometric verification (`audit.checks.source_copies`, `audit.groups`) says which images are
@@ -54,12 +32,10 @@ discovered groups as every check's bootstrap groups where a set has no group col
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
+from functools import partial
 
 import numpy as np
-from scipy.stats import mannwhitneyu
 
 from audit.checks.base import AuditContext, Check, DatasetView, register
 from audit.checks.source_copies import (
@@ -72,29 +48,22 @@ from audit.checks.source_copies import (
 )
 from audit.checks.source_findings import few_cells_findings, verified_leak_findings
 from audit.checks.source_findings import pct as _pct
-from audit.duplicates import (
-    DEFAULT_MAX_DISTANCE,
-    Matches,
-    calibrated_cosine_threshold,
-    calibrated_hash_threshold,
-    class_matched_nearest,
-    cross_class_null,
-    file_digests,
-    find_matches,
-    hash_distances,
-    nearest_embedding_matches,
-    nearest_hash_matches,
-    unit_rows,
+from audit.leakage.accuracy import accuracy_by_copy, leak_gap_share
+from audit.leakage.duplicates import DEFAULT_MAX_DISTANCE
+from audit.leakage.neighbors import EXACT_MAX_PAIRS, SET_LEVEL_MAX_REFS
+from audit.leakage.pairing import (
+    ComparedSet,
+    calibrated_thresholds,
+    comparison_summary,
+    distrust_class_clustered_embeddings,
+    match_pairs,
+    nearest_pairs,
 )
-from audit.neighbors import EXACT_MAX_PAIRS, SET_LEVEL_MAX_REFS, nearest_cosine, nearest_hamming
+from audit.leakage.set_level import estimate_set_level
 from audit.options import between, count, fraction, one_of
 from audit.results import CheckResult, Finding, Status
-from audit.sampling import subsample
-from audit.stats import bootstrap_ci
 
-__all__ = ["accuracy_by_copy", "leak_gap_share", "nearest_excess", "excess_share",
-           "closer_in_reference", "cap_share",
-           "set_level_share", "LeakageCheck"]
+__all__ = ["LeakageCheck"]
 
 _SPLIT_ACTION = ("use a group-aware validation split (near-duplicate clusters as groups): "
                  "`audit train --group-split near-duplicates`")
@@ -105,284 +74,10 @@ _SOURCE_SPLIT_ACTION = ("split validation by source: give each image the cell, s
                         "it comes from as its group (CSV manifest path,label,group) and train "
                         "with `audit train --group-split manifest`; near-duplicate clusters "
                         "cannot find copies this altered")
-_MIN_NULL = 20  # fewer cross-class pairs than this: thresholds are used as configured
-_NULL_SAMPLE = 2000  # query images sampled for the null
-_SET_METHOD = ("Storey excess over a class-matched null, 1 - F_obs(t)/F_null(t) at t = the "
-               "null's {q:g} quantile, of the nearest-train score (max - q90) / (q90 - q50) "
-               "of each image's similarities (embeddings: angular) to its own class vs to as "
-               "many images of one other class; a lower bound; bootstrap 95% CI; one-sided "
-               "Mann-Whitney p; capped at the share of images nearer to a reference image "
-               "than to any other image of their own set")
-_BLOCK_ELEMENTS = 2**22  # query rows x references per similarity block (16 MB of float32)
-_MIN_REFS = 10  # fewer references of a class: no score (its percentiles mean nothing)
-
-
-def accuracy_by_copy(correct: np.ndarray, near_copy: np.ndarray, *, n_boot: int,
-                     rng: np.random.Generator, groups: np.ndarray | None, min_n: int) -> dict:
-    """Accuracy {value, low, high} on images with and without a near-copy (None if empty);
-    the interval only from `min_n` images up, resampling whole groups when known."""
-    out = {}
-    for key, members in (("with_copy", near_copy), ("without_copy", ~near_copy)):
-        idx = np.flatnonzero(members)
-        if idx.size == 0:
-            out[key] = None
-        elif idx.size < min_n:
-            out[key] = {"value": float(correct[idx].mean()), "low": None, "high": None}
-        else:
-            sub = correct[idx]
-            out[key] = bootstrap_ci(lambda i, sub=sub: sub[i].mean(), idx.size, n_boot=n_boot,
-                                    rng=rng, groups=None if groups is None else groups[idx])
-    return out
-
-
-def leak_gap_share(acc_ref: float, acc_ref_without_copy: float, acc_shifted: float) -> float | None:
-    """Fraction of the reference -> shifted gap explained by copies inflating the reference,
-    clipped to [0, 1]; None when there is no positive gap."""
-    gap = acc_ref - acc_shifted
-    if not np.isfinite(gap) or gap <= 0 or not np.isfinite(acc_ref_without_copy):
-        return None
-    return float(np.clip((acc_ref - acc_ref_without_copy) / gap, 0.0, 1.0))
-
-
-def nearest_excess(similarities: np.ndarray, *, min_spread: float) -> np.ndarray:
-    """Per row of a (queries, references) similarity block: how far the most similar
-    reference lies above the row's 90th percentile, in units of its 50th-90th percentile
-    spread (floored at `min_spread`). A class whose images are all alike raises the whole
-    row, a copy only its top."""
-    sims = np.asarray(similarities, dtype=np.float64)
-    q50, q90 = np.quantile(sims, [0.5, 0.9], axis=1)
-    return (sims.max(axis=1) - q90) / np.maximum(q90 - q50, min_spread)
-
-
-def _excess_scorer(block: Callable[[np.ndarray, np.ndarray], np.ndarray], *, min_spread: float
-                   ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """`nearest(query_idx, ref_idx)` for `class_matched_nearest`: `nearest_excess` of
-    `block(query_idx, ref_idx)` similarities, computed in chunks of query rows."""
-    def nearest(queries: np.ndarray, refs: np.ndarray) -> np.ndarray:
-        out = np.full(len(queries), np.nan)
-        if refs.size < _MIN_REFS:
-            return out
-        step = max(1, _BLOCK_ELEMENTS // refs.size)
-        for start in range(0, len(queries), step):
-            rows = queries[start:start + step]
-            out[start:start + step] = nearest_excess(block(rows, refs), min_spread=min_spread)
-        return out
-    return nearest
-
-
-def excess_share(observed: np.ndarray, null: np.ndarray, *, quantile: float = 0.5) -> float:
-    """Share of `observed` in excess of `null` (higher = more alike): 1 - F_obs(t) / F_null(t)
-    at t = the null's `quantile` (Storey's pi0 with lambda = 1 - quantile). Unclipped: near 0,
-    noisy in both directions, when observed follows the null. NaN when either is empty."""
-    observed, null = np.asarray(observed, float), np.asarray(null, float)
-    if observed.size == 0 or null.size == 0:
-        return float("nan")
-    t = np.quantile(null, quantile)
-    return float(1.0 - np.mean(observed <= t) / np.mean(null <= t))
-
-
-def set_level_share(observed: np.ndarray, null: np.ndarray, *, quantile: float, n_boot: int,
-                    rng: np.random.Generator, groups: np.ndarray | None, min_n: int) -> dict:
-    """Estimated share of copies {estimated_share, low, high} (clipped to [0, 1]; the pairs
-    resampled together, whole groups when known), the one-sided Mann-Whitney p-value that
-    observed lies above null and its `statistic` P(observed > null) (0.5: no excess), and
-    both medians, from images with both values; all None below `min_n` such images."""
-    keep = np.isfinite(observed) & np.isfinite(null)
-    out = {"estimated_share": None, "low": None, "high": None, "p_value": None,
-           "statistic": None, "n": int(keep.sum()), "observed_median": None,
-           "null_median": None}
-    if keep.sum() < max(min_n, 2):
-        return out
-    obs, nul = np.asarray(observed, float)[keep], np.asarray(null, float)[keep]
-    ci = bootstrap_ci(lambda i: excess_share(obs[i], nul[i], quantile=quantile), obs.size,
-                      n_boot=n_boot, rng=rng, groups=None if groups is None else groups[keep])
-    test = mannwhitneyu(obs, nul, alternative="greater")
-    out.update({k: float(np.clip(ci[v], 0.0, 1.0)) for k, v in
-                (("estimated_share", "value"), ("low", "low"), ("high", "high"))})
-    out.update(p_value=float(test.pvalue), statistic=float(test.statistic / obs.size ** 2),
-               observed_median=float(np.median(obs)), null_median=float(np.median(nul)))
-    return out
 
 
 def _key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-class _Set:
-    """What the check compares for one view: labels, hashes, embeddings, file digests."""
-
-    def __init__(self, view: DatasetView, use_embeddings: bool):
-        self.labels = view.labels
-        self.hashes = np.asarray(view.outputs.phash)
-        emb = np.asarray(view.outputs.embeddings)
-        self.embeddings = emb if use_embeddings and emb.size and np.any(emb) else None
-        self.digests = file_digests(view.dataset.paths)
-
-
-def _thresholds(q: _Set, r: _Set, cfg: dict, rng: np.random.Generator) -> dict:
-    """Hash and cosine thresholds for one comparison, tightened against the cross-class null
-    (of at most `_NULL_SAMPLE` query images, so the null costs little on large sets)."""
-    max_rate, hash_max = float(cfg["max_null_rate"]), int(cfg["max_hash_distance"])
-    use_emb = q.embeddings is not None and r.embeddings is not None
-    out = {"hash": hash_max, "cosine": float(cfg["cosine_min"]) if use_emb else None,
-           "n_null": 0, "null_hash_rate": None, "null_cosine_rate": None}
-    if not cfg["calibrate"]:
-        return out
-    sample = subsample(len(q.labels), _NULL_SAMPLE, rng=rng)
-    labels = q.labels[sample]
-    null_hash = cross_class_null(labels, r.labels, lambda i, j: nearest_hash_matches(
-        q.hashes[sample[i]], r.hashes[j])[1])
-    out["n_null"] = int(null_hash.size)
-    if null_hash.size < _MIN_NULL:
-        return out
-    out["null_hash_rate"] = float(np.mean(null_hash <= hash_max))
-    out["hash"] = calibrated_hash_threshold(null_hash, max_distance=hash_max, max_rate=max_rate)
-    if use_emb:
-        null_cos = cross_class_null(labels, r.labels, lambda i, j: nearest_embedding_matches(
-            q.embeddings[sample[i]], r.embeddings[j])[1])
-        out["null_cosine_rate"] = float(np.mean(null_cos >= out["cosine"]))
-        out["cosine"] = calibrated_cosine_threshold(null_cos, minimum=out["cosine"],
-                                                    max_rate=max_rate)
-    return out
-
-
-def _set_level(q: _Set, r: _Set, thresholds: dict, cfg: dict, rng_keys: tuple,
-               ctx: AuditContext, groups: np.ndarray | None,
-               within: dict[str, np.ndarray], nearest_pair: dict) -> tuple[dict, dict]:
-    """The set-level estimate for each signal (angular embedding similarity when embeddings
-    are used, negated dihedral hash distance), the first one on top with the share it adds to
-    the status; and the observed/null scores for the artifact."""
-    signals = {"hash": _excess_scorer(lambda i, j: -hash_distances(q.hashes[i], r.hashes[j])
-                                      .astype(np.float32), min_spread=0.5)}
-    if _embedding_use(thresholds["cosine"]) == "used":
-        q_unit, r_unit = unit_rows(q.embeddings), unit_rows(r.embeddings)
-        # Angles, not cosines: cosine crowds near its ceiling of 1, which squeezes the top of
-        # a close class's similarities (left skew) but not a distant class's.
-        signals = {"embedding": _excess_scorer(lambda i, j: -np.arccos(np.clip(
-            q_unit[i] @ r_unit[j].T, -1.0, 1.0)), min_spread=1e-6), **signals}
-    quantile = float(cfg["set_level_quantile"])
-    by_signal, arrays = {}, {}
-    for signal, nearest in signals.items():
-        # One subset of references for every signal: the same rng keys.
-        observed, null = class_matched_nearest(q.labels, r.labels, nearest,
-                                               rng=ctx.rng(*rng_keys, "subset"),
-                                               max_refs=SET_LEVEL_MAX_REFS)
-        by_signal[signal] = cap_share(set_level_share(
-            observed, null, quantile=quantile, n_boot=int(cfg["n_boot"]),
-            rng=ctx.rng(*rng_keys, "boot", signal), groups=groups,
-            min_n=int(cfg["set_level_min_n"])), _closer_in_reference(signal, within, nearest_pair))
-        arrays[f"{signal}_same_class"], arrays[f"{signal}_other_class"] = observed, null
-    primary = by_signal[next(iter(by_signal))]
-    significant = primary["p_value"] is not None and primary["p_value"] < cfg["set_level_alpha"]
-    return ({**primary, "signal": next(iter(by_signal)),
-             "counted_share": float(primary["low"]) if significant else 0.0,
-             "method": _SET_METHOD.format(q=quantile), "signals": by_signal}, arrays)
-
-
-def closer_in_reference(nearest_in_reference: np.ndarray, nearest_in_set: np.ndarray) -> float:
-    """Share of images whose most similar reference image is more similar than the most
-    similar other image of their own set (higher = more similar; NaN counts as no)."""
-    ref = np.asarray(nearest_in_reference, float)
-    own = np.nan_to_num(np.asarray(nearest_in_set, float), nan=-np.inf)
-    return float(np.mean(ref > own)) if ref.size else float("nan")
-
-
-def cap_share(share: dict, cap: float) -> dict:
-    """`set_level_share`'s estimate and interval capped at `cap` (kept as `uncapped_share`)."""
-    out = {**share, "closer_in_reference": cap, "uncapped_share": share["estimated_share"]}
-    if share["estimated_share"] is not None and np.isfinite(cap):
-        out.update({k: min(share[k], cap) for k in ("estimated_share", "low", "high")})
-    return out
-
-
-def _nearest(q: _Set, r: _Set, same_set: bool, searches: dict) -> dict:
-    """Each query's nearest reference by hash and by embedding, computed once per pair for
-    both the set level and the per-image matches (exact, or approximate on large sets:
-    `audit.neighbors`); how each was searched goes into `searches`."""
-    *out_hash, searches["hash"] = nearest_hamming(q.hashes, r.hashes, exclude_self=same_set)
-    out = {"hash": tuple(out_hash)}
-    if q.embeddings is not None and r.embeddings is not None:
-        *out_emb, searches["embedding"] = nearest_cosine(q.embeddings, r.embeddings,
-                                                         exclude_self=same_set)
-        out["embedding"] = tuple(out_emb)
-    return out
-
-
-def _closer_in_reference(signal: str, within: dict[str, np.ndarray], nearest: dict) -> float:
-    if signal == "embedding":
-        return closer_in_reference(nearest["embedding"][1], within["embedding"])
-    return closer_in_reference(-nearest["hash"][1].astype(float),
-                               -within["hash"].astype(float))
-
-
-def _distrust_class_clustered_embeddings(thresholds: dict, set_level: dict | None,
-                                         cfg: dict) -> None:
-    """Switch per-image embedding matching off where it would count classmates as copies.
-
-    A trained classifier's penultimate features put every image close to its classmates, far
-    above the cross-class null the cosine threshold is calibrated on: on fresh synthetic sets
-    (no copies at all) 92% of images then 'matched'. Embedding matches are kept only where the
-    set-level test (classmates as the null) finds excess similarity; within one set there is no
-    such test, so duplicates there are counted from identical files and hashes only.
-    """
-    if _embedding_use(thresholds["cosine"]) != "used" or not cfg["calibrate"]:
-        return  # no embeddings, or no calibration asked for: thresholds as configured
-    trusted = (set_level is not None and set_level.get("signal") == "embedding"
-               and set_level["counted_share"] > 0)
-    if not trusted:
-        thresholds["embeddings"] = "class-clustered"
-        thresholds["cosine"] = None
-
-
-def _compare(q: _Set, r: _Set, thresholds: dict, same_set: bool, nearest: dict) -> Matches:
-    cosine = thresholds["cosine"]
-    return find_matches(q.hashes, r.hashes, query_digests=q.digests, ref_digests=r.digests,
-                        query_embeddings=q.embeddings, ref_embeddings=r.embeddings,
-                        max_hash_distance=thresholds["hash"],
-                        cosine_min=np.inf if cosine is None else cosine, same_set=same_set,
-                        nearest=nearest)
-
-
-def _examples(q: DatasetView, r: DatasetView, m: Matches, limit: int) -> list[dict]:
-    idx = np.flatnonzero(m.near_copy)
-    cos = np.nan_to_num(m.cosine, nan=-1.0)
-    idx = idx[np.lexsort((-cos[idx], m.hash_distance[idx], m.exact_index[idx] < 0))][:limit]
-    match = m.match_index
-    return [{"path": os.path.relpath(q.dataset.paths[i], q.dataset.root),
-             "match_path": os.path.relpath(r.dataset.paths[match[i]], r.dataset.root),
-             "exact": bool(m.exact_index[i] >= 0), "hash_distance": int(m.hash_distance[i]),
-             "cosine": float(m.cosine[i])} for i in idx]
-
-
-def _summary_of(q: DatasetView, r: DatasetView, m: Matches, thresholds: dict, cfg: dict) -> dict:
-    match, near = m.match_index, m.near_copy
-    copies = np.flatnonzero(near)
-    return {"n_with_copy": int(copies.size), "share": float(near.mean()) if near.size else 0.0,
-            "by_criterion": {"exact": int((m.exact_index >= 0).sum()), "hash": int(m.by_hash.sum()),
-                             "embedding": int(m.by_embedding.sum())},
-            "thresholds": {**thresholds, "embeddings": _embedding_state(thresholds)},
-            "label_conflicts": int((q.labels[copies] != r.labels[match[copies]]).sum()),
-            "nearest_hash_distance": _quartiles(m.hash_distance),
-            "nearest_cosine": _quartiles(m.cosine),
-            "examples": _examples(q, r, m, int(cfg["max_examples"]))}
-
-
-def _embedding_use(cosine: float | None) -> str:
-    """'used', 'unused' (none, or switched off) or 'uninformative' (calibrated above 1)."""
-    return "unused" if cosine is None else "uninformative" if cosine > 1 else "used"
-
-
-def _embedding_state(thresholds: dict) -> str:
-    return thresholds.get("embeddings") or _embedding_use(thresholds["cosine"])
-
-
-def _quartiles(values: np.ndarray) -> dict | None:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
-    q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
-    return dict(zip(("min", "q25", "median", "q75", "max"), q.tolist(), strict=True))
 
 
 @register
@@ -390,7 +85,7 @@ class LeakageCheck(Check):
     name = "leakage"
     description = "Exact and near-duplicate images shared between train, heldout and shifted sets"
     DEFAULTS = {
-        "max_hash_distance": DEFAULT_MAX_DISTANCE,  # pHash bits (measured: audit.duplicates)
+        "max_hash_distance": DEFAULT_MAX_DISTANCE,  # pHash bits (measured: audit.leakage.duplicates)
         "use_embeddings": True,      # also match by the model's embedding cosine similarity
         # Cosine at or above this: a near-copy. Unrelated PBC cells reach 0.953 (99th pct
         # 0.94) in ImageNet MobileNetV2 features; augmented copies (kaggle_bloodcells, random
@@ -435,7 +130,7 @@ class LeakageCheck(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         cfg = ctx.check_config(self.name)
-        sets = {name: _Set(v, bool(cfg["use_embeddings"])) for name, v in ctx.views.items()}
+        sets = {name: ComparedSet(v, bool(cfg["use_embeddings"])) for name, v in ctx.views.items()}
         # Within-set first: its clusters are the bootstrap groups of the cross-set comparisons.
         pairs = [(v.name, v.name) for v in ctx.views.values()]
         if ctx.train is not None:
@@ -447,25 +142,25 @@ class LeakageCheck(Check):
         sources = attach_sources(ctx, check=self.name) if cfg["source_groups"] else None
         for q_name, r_name in pairs:
             q, r = ctx.views[q_name], ctx.views[r_name]
-            thresholds = _thresholds(sets[q_name], sets[r_name], cfg,
+            thresholds = calibrated_thresholds(sets[q_name], sets[r_name], cfg,
                                      ctx.rng(self.name, "null", q_name, r_name))
             searches = {}
-            nearest = _nearest(sets[q_name], sets[r_name], q_name == r_name, searches)
+            nearest = nearest_pairs(sets[q_name], sets[r_name], q_name == r_name, searches)
             search_by_pair[f"within {q_name}" if q_name == r_name
                            else f"{q_name} against {r_name}"] = {
                 k: v.describe() for k, v in searches.items()}
             set_level = None
             if q_name != r_name:
-                set_level, set_arrays = _set_level(
+                set_level, set_arrays = estimate_set_level(
                     sets[q_name], sets[r_name], thresholds, cfg,
-                    (self.name, "set_level", q_name, r_name), ctx,
+                    partial(ctx.rng, self.name, "set_level", q_name, r_name),
                     groups.get(q_name, q.groups), within[q_name], nearest)
                 arrays.update({f"{_key(q_name)}__{_key(r_name)}__{k}": v
                                for k, v in set_arrays.items()})
-            _distrust_class_clustered_embeddings(thresholds, set_level, cfg)
-            m = _compare(sets[q_name], sets[r_name], thresholds, same_set=q_name == r_name,
-                         nearest=nearest)
-            entry = _summary_of(q, r, m, thresholds, cfg)
+            distrust_class_clustered_embeddings(thresholds, set_level, cfg)
+            m = match_pairs(sets[q_name], sets[r_name], thresholds, same_set=q_name == r_name,
+                            nearest=nearest)
+            entry = comparison_summary(q, r, m, thresholds, cfg)
             if q_name == r_name:
                 within[q_name] = {"embedding": m.cosine, "hash": m.hash_distance}
                 clusters = m.clusters()

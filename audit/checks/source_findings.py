@@ -64,7 +64,7 @@ def verified_leak_findings(check: str, ctx: AuditContext, datasets: dict,
     """Verified copies in training above `leak_share_warn`: for the reference, the share of its
     gap to each shifted set they explain (`train_leak`); for a shifted set, how much they lift
     its accuracy (`test_overlap`)."""
-    from audit.checks.leakage import leak_gap_share
+    from audit.leakage.accuracy import leak_gap_share
 
     train = ctx.train
     if train is None:

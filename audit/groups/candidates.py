@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.duplicates import unit_rows
 from audit.groups.features import Keypoints
+from audit.leakage.duplicates import unit_rows
 
 __all__ = ["Vocabulary", "fit_vocabulary", "bow_embeddings", "nearest_pairs"]
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 
-from audit.duplicates import clusters_from_pairs
+from audit.leakage.duplicates import clusters_from_pairs
 
 __all__ = ["GraphSummary", "guarded_components"]
 

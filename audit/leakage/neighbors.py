@@ -1,7 +1,7 @@
 """Nearest-neighbour search across sets: exact below a size, an approximate index above it.
 
 Below `EXACT_MAX_PAIRS` query x reference pairs the search is the exact blocked one of
-`audit.duplicates` (today's results, bit for bit). Above it, an all-pairs pass grows as N x M
+`audit.leakage.duplicates` (today's results, bit for bit). Above it, an all-pairs pass grows as N x M
 (a million images against a million is 10^12 pairs of 1,280-dimension dot products), so the
 search uses a FAISS HNSW graph (`faiss-cpu`, in the `cellaudit[ray]` extra): inner product
 on unit vectors for embeddings, Hamming distance on the 64-bit pHash (FAISS binary index;
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.duplicates import (
+from audit.leakage.duplicates import (
     NO_MATCH_DISTANCE,
     nearest_embedding_matches,
     nearest_hash_matches,
@@ -166,7 +166,7 @@ def nearest_hamming(query_hashes: np.ndarray, ref_hashes: np.ndarray, *,
 
 
 def _exact_self_sample(query, ref, sample) -> tuple[None, np.ndarray]:
-    from audit.duplicates import hash_distances
+    from audit.leakage.duplicates import hash_distances
 
     out = np.empty(len(sample), np.int64)
     for row, i in enumerate(sample):

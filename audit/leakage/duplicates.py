@@ -296,7 +296,7 @@ def class_matched_nearest(query_labels: np.ndarray, ref_labels: np.ndarray,
     many other-class references moved the share estimate for kaggle_bloodcells TEST against
     TRAIN by -0.24), so both sides get K = min(own, other) references, a random subset of
     the larger class; subsetting the own class can only miss copies. `max_refs` bounds K
-    (the cost is queries x K similarities; see `audit.neighbors.SET_LEVEL_MAX_REFS`). NaN
+    (the cost is queries x K similarities; see `audit.leakage.neighbors.SET_LEVEL_MAX_REFS`). NaN
     where a side is empty.
     """
     query_labels, ref_labels = np.asarray(query_labels), np.asarray(ref_labels)
