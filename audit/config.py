@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 
 from audit.errors import InputError, UsageError
+from audit.options import build_options, options_type
 from audit.tomlcompat import tomllib
 
-__all__ = ["AUDIT_DEFAULTS", "RENAMED", "default_config", "load_config", "apply_override"]
+__all__ = ["AUDIT_DEFAULTS", "AuditOptions", "RENAMED", "audit_options", "default_config",
+           "load_config", "apply_override"]
 
 # Sections and check names renamed since earlier releases: old -> new. A config that still uses
 # an old name stops with one line naming the new one (never silently ignored).
@@ -41,6 +43,14 @@ AUDIT_DEFAULTS = {
     "explain": True,
     "report": True,
 }
+
+# The `[audit]` table read as typed, frozen options (audit.options.options_type).
+AuditOptions = options_type("AuditOptions", AUDIT_DEFAULTS)
+
+
+def audit_options(table: dict) -> AuditOptions:
+    """The validated `[audit]` table (config["audit"]) as AuditOptions: `opts.seed`."""
+    return build_options(AuditOptions, table)
 
 
 def _audit_limits() -> dict:

@@ -8,17 +8,24 @@ Keys without a stated limit still get their type checked against the default.
 
     LIMITS = {"n_bins": count(2), "ece_warn": fraction(), "method": one_of("a", "b")}
     ORDER = (("ece_warn", "ece_fail"),)      # ece_warn <= ece_fail
+
+Once validated, a table is read through a frozen dataclass derived from its defaults
+(`options_type`, `build_options`): a check reads `opts.n_bins`, an int, never
+`int(cfg["n_bins"])`. The dict stays what the TOML file, `--set` and audit.json's `config` hold.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import keyword
 import math
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 from audit.errors import UsageError
 
 __all__ = ["count", "fraction", "positive", "between", "one_of", "subset_of", "validate",
-           "Limit"]
+           "Limit", "options_type", "build_options"]
 
 Limit = Callable[[object], str | None]  # value -> what was expected, or None when fine
 
@@ -77,3 +84,61 @@ def validate(values: Mapping, limits: Mapping[str, Limit], order: Sequence[tuple
         if _number(values.get(low)) and _number(values.get(high)) and values[low] > values[high]:
             raise UsageError(f"{where}: {low} ({values[low]!r}) must not exceed {high} "
                              f"({values[high]!r})")
+
+
+# Typed, frozen options --------------------------------------------------------------------
+#
+# Code reads a validated table through a frozen dataclass whose fields follow its defaults
+# (`opts.max_images`, an int), not through `int(cfg["max_images"])` at each use. The table
+# itself (the dict) stays what the TOML file, `--set` and audit.json's `config` hold.
+
+def _field_type(value: object) -> object:
+    if isinstance(value, (bool, int, float, str)):
+        return type(value)
+    if isinstance(value, (list, tuple)):
+        kinds = {_field_type(v) for v in value}
+        return tuple[kinds.pop(), ...] if len(kinds) == 1 else tuple
+    if isinstance(value, Mapping):
+        return Mapping
+    return object
+
+
+def _frozen(value: object, kind: object) -> object:
+    """`value` as a field of type `kind`: numbers cast the way their readers used to, lists
+    as tuples and tables as read-only mappings (nested ones too)."""
+    if kind is bool:
+        return bool(value)
+    if kind in (int, float):
+        return kind(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v, None) for v in value)
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v, None) for k, v in value.items()})
+    return value
+
+
+def options_type(name: str, defaults: Mapping) -> type:
+    """A frozen dataclass called `name` with one field per key of `defaults`, typed by its
+    default value (bool, int, float, str; a list becomes a tuple, a table a read-only mapping)
+    and defaulting to it. Build instances from a config table with `build_options`."""
+    fields = []
+    for key, value in defaults.items():
+        if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
+            raise TypeError(f"{name}: the option key {key!r} is not a Python identifier, so it "
+                            "cannot be a field; read its table as a dict instead")
+        kind = _field_type(value)
+        default = _frozen(value, kind)
+        field = (dataclasses.field(default=default) if type(default).__hash__ is not None
+                 else dataclasses.field(default_factory=lambda default=default: default))
+        fields.append((key, kind, field))
+    return dataclasses.make_dataclass(name, fields, frozen=True)
+
+
+def build_options(kind: type, values: Mapping) -> object:
+    """An instance of the options type `kind` from a validated config table: each value cast
+    to its field's type; keys the table lacks keep their defaults."""
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TypeError(f"{kind.__name__}: unknown option(s) {unknown}; known: {sorted(fields)}")
+    return kind(**{key: _frozen(value, fields[key].type) for key, value in values.items()})

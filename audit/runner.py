@@ -11,6 +11,7 @@ from pathlib import Path
 
 from audit.atomic import atomic_dir, write_json
 from audit.checks.base import ROLES, AuditContext, DatasetView, load_builtin_checks
+from audit.config import audit_options
 from audit.data import load_dataset
 from audit.errors import InputError, UsageError
 from audit.findings import rank_findings
@@ -117,7 +118,7 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
     check_specs(specs)
     out_dir = Path(out_dir)
     _prepare_out(out_dir)
-    settings = config["audit"]
+    settings = audit_options(config["audit"])
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -138,18 +139,18 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
     where = loaded.path or "in memory"
     status(f"checking how the model takes images ({contract.summary()})")
     t0 = time.perf_counter()
-    contract_check = check_contract(loaded, reference, seed=int(settings["seed"]),
-                                    n_images=int(settings["contract_check_images"]),
-                                    batch_size=int(settings["batch_size"]))
+    contract_check = check_contract(loaded, reference, seed=settings.seed,
+                                    n_images=settings.contract_check_images,
+                                    batch_size=settings.batch_size)
     enforce(contract_check, force=force, where=where)
     timings["contract_check"] = time.perf_counter() - t0
 
-    predictor = Predictor(loaded, batch_size=int(settings["batch_size"]))
+    predictor = Predictor(loaded, batch_size=settings.batch_size)
     views = {}
     t0 = time.perf_counter()
     outputs = engine.outputs({name: ds for name, (_, ds) in datasets.items()},
-                             predictor=predictor, cache_dir=settings["cache_dir"] or None,
-                             cell_size_images=int(settings["cell_size_images"]))
+                             predictor=predictor, cache_dir=settings.cache_dir or None,
+                             cell_size_images=settings.cell_size_images)
     for name, (spec, dataset) in datasets.items():
         views[name] = DatasetView(name=name, role=spec.role, dataset=dataset,
                                   outputs=outputs[name])
@@ -157,14 +158,14 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
 
     with atomic_dir(out_dir) as staging:
         ctx = AuditContext(views=views, class_names=class_names, config=config,
-                           seed=int(settings["seed"]), artifacts_dir=staging / "artifacts",
+                           seed=settings.seed, artifacts_dir=staging / "artifacts",
                            image_size=image_size, predictor=predictor, resize=contract.resize)
         registry = load_builtin_checks()
-        selected = settings["checks"] or list(registry)
+        selected = settings.checks or list(registry)
         unknown = sorted(set(selected) - set(registry))
         if unknown:
             raise UsageError(f"[audit] checks: unknown check(s) {unknown}; known: {list(registry)}")
-        if "leakage" in selected and config["checks"]["leakage"]["source_groups"]:
+        if "leakage" in selected and ctx.options("leakage").source_groups:
             timings["source_groups"] = _attach_sources(ctx)
         prediction_files = {name: _save_predictions(ctx, view) for name, view in views.items()}
         for name in selected:
@@ -175,7 +176,7 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
 
         thumbnails = save_thumbnails(ctx)
         explanations = {}
-        if settings["explain"]:
+        if settings.explain:
             t0 = time.perf_counter()
             explanations = _run_explanations(ctx)
             timings["explain"] = time.perf_counter() - t0
@@ -202,7 +203,7 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
             engine=engine.describe(),
         )
         write_json(staging / "audit.json", result.to_dict())
-        if settings["report"]:
+        if settings.report:
             _render_report(staging)
     return result
 

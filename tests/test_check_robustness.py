@@ -134,14 +134,15 @@ def test_check_is_deterministic_and_subsamples(setup, tmp_path):
 
 def test_status_follows_thresholds():
     # Thresholds are fractions in [0, 1], so the logic is driven with planted accuracies.
-    cfg = {"severity_for_status": 2, "max_drop_warn": 0.10, "max_drop_fail": 0.30}
+    opts = RobustnessCheck.options_type()(severity_for_status=2, max_drop_warn=0.10,
+                                          max_drop_fail=0.30)
     names, severities = ["blur", "noise"], [1, 2, 5]
     for planted, expected in ((0.05, Status.PASS), (0.20, Status.WARN), (0.40, Status.FAIL)):
         accuracy = np.full((2, 3), 0.9)
         accuracy[1, 1] = 0.9 - planted                    # noise at severity 2: the worst mild one
         accuracy[0, 2] = 0.0                               # severity 5 is beyond the status range
         metrics = {"mean_rce": 0.1}
-        status, text = RobustnessCheck._status(cfg, metrics, names, severities, accuracy, 0.9)
+        status, text = RobustnessCheck._status(opts, metrics, names, severities, accuracy, 0.9)
         assert status == expected
         assert metrics["status_drop"] == {"corruption": "noise", "severity": 2,
                                           "drop": pytest.approx(planted)}

@@ -279,12 +279,12 @@ def test_verified_copies_replace_the_inferred_leak_findings(audited):
     from audit.checks.leakage import _findings
 
     ctx, _, data = audited
-    cfg = ctx.check_config("leakage")
+    opts = ctx.options("leakage")
     datasets = copy.deepcopy(data["metrics"]["datasets"])
     inferred = datasets["heldout"]["against"]["train"]
     inferred["share"] = 0.9                       # as if 90% had a near-copy by hash/embedding
     inferred["accuracy"]["without_copy"] = {"value": 0.5, "low": 0.3, "high": 0.7, "n": 5}
     unverified = copy.deepcopy(datasets)
     del unverified["heldout"]["against"]["train"]["verified"]
-    assert [f.kind for f in _findings("leakage", ctx, unverified, cfg)].count("train_leak") >= 1
-    assert not [f for f in _findings("leakage", ctx, datasets, cfg) if f.kind == "train_leak"]
+    assert [f.kind for f in _findings("leakage", ctx, unverified, opts)].count("train_leak") >= 1
+    assert not [f for f in _findings("leakage", ctx, datasets, opts) if f.kind == "train_leak"]

@@ -2,6 +2,8 @@
 
 A check is a class with a `name`, a `DEFAULTS` dict (its config keys: thresholds and
 budgets, overridable from `[checks.<name>]` in the TOML config) and `run(ctx) -> CheckResult`.
+It reads its settings as `opts = self.options(ctx)`: a frozen dataclass whose fields follow
+`DEFAULTS` (`opts.max_images` is an int; a list default reads as a tuple).
 Checks compute numbers only: no drawing, no printing. The runner turns an exception into an
 ERROR result, so one broken check never stops the others.
 """
@@ -123,7 +125,12 @@ class AuditContext:
         return [self.reference, *self.shifted]
 
     def check_config(self, name: str) -> dict:
+        """The `[checks.<name>]` table as loaded (a dict; what audit.json records)."""
         return self.config["checks"][name]
+
+    def options(self, name: str):
+        """The typed, frozen options of the registered check `name` (see Check.options)."""
+        return REGISTRY[name].options_from(self.check_config(name))
 
     def rng(self, *keys: object) -> np.random.Generator:
         """A generator seeded from the audit seed and `keys`: stable across check order."""
@@ -148,6 +155,30 @@ class Check:
     LIMITS: ClassVar[dict] = {}    # key -> audit.options limit, checked at config load
     ORDER: ClassVar[tuple] = ()    # (low, high) key pairs: low must not exceed high
     needs_model: ClassVar[bool] = False
+
+    @classmethod
+    def options_type(cls) -> type:
+        """A frozen dataclass with one field per `DEFAULTS` key, typed by its default value
+        (audit.options.options_type); built once per class."""
+        from audit.options import options_type
+
+        cached = cls.__dict__.get("_options_type")
+        if cached is None or cached[0] != repr(cls.DEFAULTS):
+            title = "".join(p.title() for p in (cls.name or cls.__name__).split("_"))
+            cached = (repr(cls.DEFAULTS), options_type(f"{title}Options", cls.DEFAULTS))
+            cls._options_type = cached
+        return cached[1]
+
+    @classmethod
+    def options_from(cls, table: dict):
+        """This check's options from its validated `[checks.<name>]` table."""
+        from audit.options import build_options
+
+        return build_options(cls.options_type(), table)
+
+    def options(self, ctx: AuditContext):
+        """This check's settings in `ctx`'s config, typed and frozen: `opts.n_bins`."""
+        return self.options_from(ctx.check_config(self.name))
 
     def run(self, ctx: AuditContext) -> CheckResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -193,10 +193,10 @@ class CalibrationCheck(Check):
     ORDER = (("ece_warn", "ece_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg = ctx.check_config(self.name)
-        ref, n_bins = ctx.reference, int(cfg["n_bins"])
+        opts = self.options(ctx)
+        ref, n_bins = ctx.reference, opts.n_bins
         temperature = fit_temperature(ref.logits, ref.labels)
-        folds = reference_folds(ctx, int(cfg["folds"]))
+        folds = reference_folds(ctx, opts.folds)
         per_image, fold_temperatures = crossfit_temperature(ref.logits, ref.labels, folds)
         datasets = {}
         for view in ctx.evaluated:
@@ -221,10 +221,10 @@ class CalibrationCheck(Check):
         oof = (f"out-of-fold, each of {int(folds.max()) + 1} folds of about "
                f"{len(ref) // (int(folds.max()) + 1)} images scaled by a temperature fitted on "
                "the others" if folds is not None else "in-sample: too few images to cross-fit")
-        status = (Status.FAIL if before["ece"] > cfg["ece_fail"] else
-                  Status.WARN if before["ece"] > cfg["ece_warn"] else Status.PASS)
+        status = (Status.FAIL if before["ece"] > opts.ece_fail else
+                  Status.WARN if before["ece"] > opts.ece_warn else Status.PASS)
         findings = []
-        if before["ece"] > cfg["ece_warn"]:
+        if before["ece"] > opts.ece_warn:
             findings.append(Finding(
                 check=self.name, dataset=ref.name, impact=before["ece"], kind="miscalibration",
                 text=(f"On {ref.name} the model's confidence is off by {_pct(before['ece'])} points "
@@ -237,7 +237,7 @@ class CalibrationCheck(Check):
                           "temperature": temperature}))
         for view in ctx.shifted:
             findings += _overconfidence(view.name, datasets[view.name], ref.name, temperature,
-                                        limit=cfg["overconfidence_warn"], check=self.name)
+                                        limit=opts.overconfidence_warn, check=self.name)
         summary = (f"ECE on {ref.name} (n={len(ref)}) is {before['ece']:.3f}; temperature "
                    f"scaling takes it from {by_fold['ece']:.3f} to {after['ece']:.3f} ({oof}; "
                    f"T={temperature:.2f}, refitted on the whole reference, is what ships); the "

@@ -244,15 +244,15 @@ class ErrorsCheck(Check):
               "alpha": fraction(open_low=True), "margin": fraction(), "min_slice_size": count(1)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg, names, ref = ctx.check_config(self.name), ctx.class_names, ctx.reference
-        bins = [property_bins(p, ref.outputs.properties[p], n_bins=int(cfg["n_bins"]),
+        opts, names, ref = self.options(ctx), ctx.class_names, ctx.reference
+        bins = [property_bins(p, ref.outputs.properties[p], n_bins=opts.n_bins,
                               circular=p == "hue")
                 for p in PROPERTIES if p in ref.outputs.properties]
         datasets, findings = {}, []
         for view in ctx.evaluated:
             overall = float(1 - view.correct.mean())
-            slices = slice_table(bins, view.outputs.properties, view.correct, alpha=cfg["alpha"],
-                                 margin=cfg["margin"], min_size=int(cfg["min_slice_size"]),
+            slices = slice_table(bins, view.outputs.properties, view.correct, alpha=opts.alpha,
+                                 margin=opts.margin, min_size=opts.min_slice_size,
                                  groups=view.groups)
             weak = sorted((s for s in slices if s["weak"]), key=lambda s: -s["impact"])
             datasets[view.name] = {
@@ -260,9 +260,9 @@ class ErrorsCheck(Check):
                 "per_class": per_class_errors(view.labels, view.correct, names,
                                               groups=view.groups),
                 "confused_pairs": confused_pairs(view.labels, view.predictions, names,
-                                                 top=int(cfg["max_confused_pairs"])),
+                                                 top=opts.max_confused_pairs),
                 "confident_errors": confident_errors(view, names,
-                                                     top=int(cfg["max_confident_errors"])),
+                                                     top=opts.max_confident_errors),
                 "slices": slices, "n_weak_slices": len(weak)}
             if weak:
                 findings.append(_slice_finding(self.name, view, weak[0], overall))

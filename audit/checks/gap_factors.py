@@ -240,7 +240,7 @@ class GapFactorsCheck(Check):
               "n_examples": count(0)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg = ctx.check_config(self.name)
+        opts = self.options(ctx)
         ref = ctx.reference
         if ctx.predictor is None:
             return CheckResult(self.name, Status.SKIP, "No model to predict transformed images.")
@@ -248,49 +248,49 @@ class GapFactorsCheck(Check):
             return CheckResult(self.name, Status.SKIP, "No shifted dataset to attribute a gap "
                                f"against the reference '{ref.name}'.",
                                metrics={"reference": ref.name})
-        names, directions = self._validate(cfg)
-        ref_idx = stratified_subsample(ref.labels, int(cfg["max_images"]),
+        names, directions = self._validate(opts)
+        ref_idx = stratified_subsample(ref.labels, opts.max_images,
                                        rng=ctx.rng(self.seed_name, "subsample", ref.name))
-        ref_sample = _fit_sample(ctx, ref, int(cfg["fit_images"]), self.seed_name)
+        ref_sample = _fit_sample(ctx, ref, opts.fit_images, self.seed_name)
         metrics = {"reference": ref.name, "factors": names,
                    "order": [n for n in IMAGE_FACTORS if n in names], "directions": directions,
-                   "color_method": cfg["color_method"], "n_forward_passes": 0, "datasets": {}}
+                   "color_method": opts.color_method, "n_forward_passes": 0, "datasets": {}}
         findings, artifacts = [], {}
         for view in ctx.shifted:
-            m, n_forward, files = self._measure(ctx, cfg, names, directions, ref, ref_idx,
+            m, n_forward, files = self._measure(ctx, opts, names, directions, ref, ref_idx,
                                                 ref_sample, view)
             metrics["datasets"][view.name] = m
             metrics["n_forward_passes"] += n_forward
             artifacts.update(files)
-            findings += self._findings(cfg, ref.name, view.name, m, directions)
-        status, summary = self._status(cfg, ref.name, metrics["datasets"])
+            findings += self._findings(opts, ref.name, view.name, m, directions)
+        status, summary = self._status(opts, ref.name, metrics["datasets"])
         return CheckResult(self.name, status, summary, metrics=metrics, findings=findings,
                            artifacts=artifacts)
 
     @staticmethod
-    def _validate(cfg: dict) -> tuple[list[str], list[str]]:
-        names = list(dict.fromkeys(cfg["factors"]))
+    def _validate(opts) -> tuple[list[str], list[str]]:
+        names = list(dict.fromkeys(opts.factors))
         unknown = sorted(set(names) - set(FACTORS))
         if unknown or not names:
             raise ValueError(f"checks.gap_factors.factors: unknown {unknown} or empty; known: "
                              f"{', '.join(FACTORS)}")
-        directions = [d for d in DIRECTIONS if d in cfg["directions"]]
-        if not directions or set(cfg["directions"]) - set(DIRECTIONS):
+        directions = [d for d in DIRECTIONS if d in opts.directions]
+        if not directions or set(opts.directions) - set(DIRECTIONS):
             raise ValueError("checks.gap_factors.directions: expected some of "
-                             f"{list(DIRECTIONS)}, received {cfg['directions']}")
-        if cfg["color_method"] not in ("reinhard", "macenko"):
+                             f"{list(DIRECTIONS)}, received {list(opts.directions)}")
+        if opts.color_method not in ("reinhard", "macenko"):
             raise ValueError("checks.gap_factors.color_method: expected 'reinhard' or "
-                             f"'macenko', received {cfg['color_method']!r}")
+                             f"'macenko', received {opts.color_method!r}")
         ordered = [n for n in IMAGE_FACTORS if n in names] + (["priors"] if "priors" in names
                                                                 else [])
         return ordered, directions
 
-    def _measure(self, ctx, cfg, names, directions, ref, ref_idx, ref_sample, view):
+    def _measure(self, ctx, opts, names, directions, ref, ref_idx, ref_sample, view):
         n_classes = len(ctx.class_names)
         image_names = [n for n in names if n != "priors"]
-        sh_idx = stratified_subsample(view.labels, int(cfg["max_images"]),
+        sh_idx = stratified_subsample(view.labels, opts.max_images,
                                       rng=ctx.rng(self.seed_name, "subsample", view.name))
-        sh_sample = _fit_sample(ctx, view, int(cfg["fit_images"]), self.seed_name)
+        sh_sample = _fit_sample(ctx, view, opts.fit_images, self.seed_name)
         sets = {"undo": (view, sh_idx, sh_sample, ref_sample),
                 "reproduce": (ref, ref_idx, ref_sample, sh_sample)}
         correct = {"undo": view.correct[sh_idx][None], "reproduce": ref.correct[ref_idx][None]}
@@ -298,13 +298,13 @@ class GapFactorsCheck(Check):
         for direction in directions:
             source_view, idx, source, target = sets[direction]
             seed = int(ctx.rng(self.seed_name, view.name, direction).integers(2 ** 31))
-            factors = fit_factors(source, target, image_names, color_method=cfg["color_method"],
-                                  allow_sharpen=bool(cfg["allow_sharpen"]), seed=seed,
+            factors = fit_factors(source, target, image_names, color_method=opts.color_method,
+                                  allow_sharpen=opts.allow_sharpen, seed=seed,
                                   segment_in="target" if direction == "undo" else "source")
             fitted[direction] = factors.describe()
             predictions, n = subset_predictions(
                 source_view.dataset.subset(idx), factors, ctx.predictor,
-                image_size=ctx.image_size, resize=ctx.resize, batch_size=int(cfg["batch_size"]),
+                image_size=ctx.image_size, resize=ctx.resize, batch_size=opts.batch_size,
                 seed=seed,
                 base_predictions=source_view.predictions[idx],
                 desc=f"gap factors {view.name} {direction}")
@@ -312,11 +312,11 @@ class GapFactorsCheck(Check):
             correct[direction] = predictions == source_view.labels[idx][None]
             arrays.update({f"{direction}_predictions": predictions, f"{direction}_indices": idx,
                            f"{direction}_labels": source_view.labels[idx]})
-            shown = example_images(source.images[:int(cfg["n_examples"])], factors, seed=seed)
+            shown = example_images(source.images[:opts.n_examples], factors, seed=seed)
             examples.update({f"{direction}_{k}": v for k, v in shown.items()})
         applied = {d: [n == "priors" or not fitted[d][n]["identity"] for n in names]
                    for d in directions}
-        m = self._attribute(ctx, cfg, names, directions, ref, ref_idx, view, sh_idx, correct,
+        m = self._attribute(ctx, opts, names, directions, ref, ref_idx, view, sh_idx, correct,
                             n_classes, applied)
         for direction in directions:
             m["directions"][direction]["fitted"] = fitted[direction]
@@ -332,7 +332,7 @@ class GapFactorsCheck(Check):
         m["example_keys"] = sorted(examples)
         return m, n_forward, files
 
-    def _attribute(self, ctx, cfg, names, directions, ref, ref_idx, view, sh_idx, correct,
+    def _attribute(self, ctx, opts, names, directions, ref, ref_idx, view, sh_idx, correct,
                    n_classes, applied) -> dict:
         priors = "priors" in names
         ref_labels, sh_labels = ref.labels[ref_idx], view.labels[sh_idx]
@@ -345,7 +345,7 @@ class GapFactorsCheck(Check):
 
         point = values(np.arange(len(ref_idx)), np.arange(len(sh_idx)))
         rng = ctx.rng(self.seed_name, view.name, "bootstrap")
-        n_boot = int(cfg["n_boot"])
+        n_boot = opts.n_boot
         ref_groups = None if ref.groups is None else ref.groups[ref_idx]
         sh_groups = None if view.groups is None else view.groups[sh_idx]
         boots = [values(r, s) for r, s in zip(
@@ -353,7 +353,7 @@ class GapFactorsCheck(Check):
             bootstrap_indices(len(sh_idx), n_boot=n_boot, rng=rng, groups=sh_groups),
             strict=True)]
         gap, gap_boot = point["gap"], np.array([b["gap"] for b in boots])
-        defined = gap > float(cfg["min_gap"])
+        defined = gap > opts.min_gap
         with np.errstate(divide="ignore", invalid="ignore"):
             share_boot = np.where(gap_boot > 0, 1.0, np.nan) / gap_boot
         per_direction, phis, phi_boots = {}, [], []
@@ -422,7 +422,7 @@ class GapFactorsCheck(Check):
                 "sum_alone_share": sum_alone / gap if defined else None,
                 "interaction_share": (v_all - sum_alone) / gap if defined else None}
 
-    def _findings(self, cfg, ref_name, name, m, directions) -> list[Finding]:
+    def _findings(self, opts, ref_name, name, m, directions) -> list[Finding]:
         if not m["gap_defined"]:
             return []
         out = []
@@ -432,7 +432,7 @@ class GapFactorsCheck(Check):
                    f"{m['n_reference']}/{m['n_shifted']}-image subsamples)")
         for factor, entry in m["combined"]["factors"].items():
             share = entry["share"]
-            if not (share["value"] > cfg["min_share"] and share["low"] > 0):  # nan low: no
+            if not (share["value"] > opts.min_share and share["low"] > 0):  # nan low: no
                 continue
             parts = [self._direction_phrase(d, factor, ref_name, name,
                                             m["directions"][d]["factors"][factor]["points"]
@@ -445,7 +445,7 @@ class GapFactorsCheck(Check):
                 evidence={"factor": factor, "share": share, "points": entry["points"],
                           "gap": m["gap"]}))
         unexplained = m["combined"]["unexplained"]
-        if unexplained is not None and unexplained["value"] > cfg["min_share"]:
+        if unexplained is not None and unexplained["value"] > opts.min_share:
             listed = ", ".join(_NOUNS[f] for f in m["combined"]["factors"])
             out.append(Finding(
                 self.name, f"{_pct(unexplained)} of the drop on {name} {context} is not explained "
@@ -458,7 +458,7 @@ class GapFactorsCheck(Check):
                 impact=float(max(gap * unexplained["value"], 0.0)), kind="gap_factors_unexplained",
                 evidence={"unexplained": unexplained, "gap": m["gap"],
                           "factors": list(m["combined"]["factors"]),
-                          "min_share": float(cfg["min_share"])}))
+                          "min_share": opts.min_share}))
         return out
 
     @staticmethod
@@ -475,16 +475,16 @@ class GapFactorsCheck(Check):
         return f"{what} {verb} {100 * abs(points):.1f} points"
 
     @staticmethod
-    def _status(cfg, ref_name, per_set) -> tuple[Status, str]:
+    def _status(opts, ref_name, per_set) -> tuple[Status, str]:
         unexplained = [name for name, m in per_set.items()
                        if m["combined"]["explained"] is not None and m["gap"]["low"] > 0
-                       and m["combined"]["explained"]["value"] < cfg["explained_warn"]]
+                       and m["combined"]["explained"]["value"] < opts.explained_warn]
         status = Status.WARN if unexplained else Status.PASS
         worst = max(per_set, key=lambda k: per_set[k]["gap"]["value"])
         m = per_set[worst]
         gap = m["gap"]["value"]
         if not m["gap_defined"]:
-            return status, (f"No shifted set loses more than {cfg['min_gap']:.0%} accuracy "
+            return status, (f"No shifted set loses more than {opts.min_gap:.0%} accuracy "
                             f"against {ref_name} on the subsamples (largest gap {gap:.1%} on "
                             f"{worst}); shares are not computed.")
         top = m["combined"]["top"]

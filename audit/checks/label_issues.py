@@ -60,17 +60,17 @@ class LabelIssuesCheck(Check):
     LIMITS = {"share_warn": fraction(), "max_listed": count(0)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg = ctx.check_config(self.name)
+        opts = self.options(ctx)
         ref = ctx.reference
         datasets, findings = {}, []
         for view in ctx.evaluated:
-            d = _set_metrics(view, ctx.class_names, max_listed=int(cfg["max_listed"]))
+            d = _set_metrics(view, ctx.class_names, max_listed=opts.max_listed)
             datasets[view.name] = d
-            finding = _finding(self.name, view, d, float(cfg["share_warn"]))
+            finding = _finding(self.name, view, d, opts.share_warn)
             if finding is not None:
                 findings.append(finding)
         r = datasets[ref.name]
-        status = Status.WARN if r["share"]["value"] > cfg["share_warn"] else Status.PASS
+        status = Status.WARN if r["share"]["value"] > opts.share_warn else Status.PASS
         summary = (f"{r['n_issues']} of {r['n']} {ref.name} labels look wrong to confident "
                    f"learning ({_pct(r['share']['value'])}%); accuracy "
                    f"{_pct(r['accuracy']['value'])}% with them, "

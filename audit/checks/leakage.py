@@ -129,8 +129,8 @@ class LeakageCheck(Check):
     ORDER = (("leak_share_warn", "leak_share_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg = ctx.check_config(self.name)
-        sets = {name: ComparedSet(v, bool(cfg["use_embeddings"])) for name, v in ctx.views.items()}
+        opts = self.options(ctx)
+        sets = {name: ComparedSet(v, opts.use_embeddings) for name, v in ctx.views.items()}
         # Within-set first: its clusters are the bootstrap groups of the cross-set comparisons.
         pairs = [(v.name, v.name) for v in ctx.views.values()]
         if ctx.train is not None:
@@ -139,10 +139,10 @@ class LeakageCheck(Check):
         datasets = {name: {"role": v.role, "n": len(v), "against": {}}
                     for name, v in ctx.views.items()}
         arrays, groups, within, search_by_pair = {}, {}, {}, {}
-        sources = attach_sources(ctx, check=self.name) if cfg["source_groups"] else None
+        sources = attach_sources(ctx, check=self.name) if opts.source_groups else None
         for q_name, r_name in pairs:
             q, r = ctx.views[q_name], ctx.views[r_name]
-            thresholds = calibrated_thresholds(sets[q_name], sets[r_name], cfg,
+            thresholds = calibrated_thresholds(sets[q_name], sets[r_name], opts,
                                      ctx.rng(self.name, "null", q_name, r_name))
             searches = {}
             nearest = nearest_pairs(sets[q_name], sets[r_name], q_name == r_name, searches)
@@ -152,15 +152,15 @@ class LeakageCheck(Check):
             set_level = None
             if q_name != r_name:
                 set_level, set_arrays = estimate_set_level(
-                    sets[q_name], sets[r_name], thresholds, cfg,
+                    sets[q_name], sets[r_name], thresholds, opts,
                     partial(ctx.rng, self.name, "set_level", q_name, r_name),
                     groups.get(q_name, q.groups), within[q_name], nearest)
                 arrays.update({f"{_key(q_name)}__{_key(r_name)}__{k}": v
                                for k, v in set_arrays.items()})
-            distrust_class_clustered_embeddings(thresholds, set_level, cfg)
+            distrust_class_clustered_embeddings(thresholds, set_level, opts)
             m = match_pairs(sets[q_name], sets[r_name], thresholds, same_set=q_name == r_name,
                             nearest=nearest)
-            entry = comparison_summary(q, r, m, thresholds, cfg)
+            entry = comparison_summary(q, r, m, thresholds, opts)
             if q_name == r_name:
                 within[q_name] = {"embedding": m.cosine, "hash": m.hash_distance}
                 clusters = m.clusters()
@@ -170,9 +170,9 @@ class LeakageCheck(Check):
                 entry.update(n_unique=n_unique, effective_share=n_unique / max(len(q), 1))
             if q.role != "train":
                 entry["accuracy"] = accuracy_by_copy(
-                    q.correct, m.near_copy, n_boot=int(cfg["n_boot"]),
+                    q.correct, m.near_copy, n_boot=opts.n_boot,
                     rng=ctx.rng(self.name, q_name, r_name), groups=groups[q_name],
-                    min_n=int(cfg["min_ci_n"]))
+                    min_n=opts.min_ci_n)
             if q_name == r_name:
                 datasets[q_name]["within"] = entry
             else:
@@ -181,19 +181,19 @@ class LeakageCheck(Check):
             for field in ("hash_index", "hash_distance", "embedding_index", "cosine",
                           "exact_index", "near_copy", "match_index"):
                 arrays[f"{_key(q_name)}__{_key(r_name)}__{field}"] = getattr(m, field)
-        few_cells = _add_sources(ctx, datasets, sources, cfg) if sources is not None else {}
+        few_cells = _add_sources(ctx, datasets, sources, opts) if sources is not None else {}
         cross = [(q, r, d["against"][r]) for q, d in datasets.items() for r in d["against"]]
         leaked = max((e["share"] for _, _, e in cross), default=0.0)
         set_leaked = max((e["set_level"]["counted_share"] for _, _, e in cross), default=0.0)
         verified = max((_verified_share(e) for _, _, e in cross), default=0.0)
         worst = max(leaked, set_leaked, verified)
-        status = (Status.FAIL if worst > cfg["leak_share_fail"] else
-                  Status.WARN if worst > cfg["leak_share_warn"] or few_cells else Status.PASS)
+        status = (Status.FAIL if worst > opts.leak_share_fail else
+                  Status.WARN if worst > opts.leak_share_warn or few_cells else Status.PASS)
         ref_set = sets[ctx.reference.name]
-        metrics = {"max_hash_distance": int(cfg["max_hash_distance"]),
+        metrics = {"max_hash_distance": opts.max_hash_distance,
                    "hash_orientations": int(ref_set.hashes.shape[1]) if ref_set.hashes.ndim == 2
                    else 1,
-                   "cosine_min": float(cfg["cosine_min"]) if ref_set.embeddings is not None
+                   "cosine_min": opts.cosine_min if ref_set.embeddings is not None
                    else None,
                    "uninformative_embeddings": [
                        f"within {q}" if q == r else f"{q} against {r}"
@@ -202,7 +202,7 @@ class LeakageCheck(Check):
                        if e["thresholds"]["embeddings"] in ("uninformative", "class-clustered")],
                    "leaked_share": leaked, "set_level_leaked_share": set_leaked,
                    "verified_leaked_share": verified if sources is not None else None,
-                   "source_groups": _sources_state(sources, cfg),
+                   "source_groups": _sources_state(sources, opts),
                    "neighbor_search": {"exact_max_pairs": EXACT_MAX_PAIRS,
                                        "set_level_max_refs": SET_LEVEL_MAX_REFS,
                                        "by_comparison": search_by_pair},
@@ -215,8 +215,8 @@ class LeakageCheck(Check):
                         "copies cannot be told from other images of the class (or of other "
                         "classes), so only identical files and perceptual hashes count there.")
         findings = [*few_cells_findings(self.name, few_cells),
-                    *_findings(self.name, ctx, datasets, cfg),
-                    *verified_leak_findings(self.name, ctx, datasets, cfg)]
+                    *_findings(self.name, ctx, datasets, opts),
+                    *verified_leak_findings(self.name, ctx, datasets, opts)]
         return CheckResult(self.name, status, summary, metrics=metrics, findings=findings,
                            artifacts={"matches": ctx.save_artifact("leakage", **arrays)})
 
@@ -233,14 +233,14 @@ def _bootstrap_groups(view: DatasetView, clusters: np.ndarray) -> tuple[np.ndarr
 
 
 def _add_sources(ctx: AuditContext, datasets: dict, sources: SourceDiscovery,
-                 cfg: dict) -> dict[str, list[dict]]:
+                 opts) -> dict[str, list[dict]]:
     """Source groups into each evaluation set's entry and verified copies into its comparison
     with train; returns the classes resting on few cells, per set."""
     few = {}
     for view in ctx.evaluated:
         found = sources.sets[view.name]
-        summary = groups_summary(view, found, max_pairs=int(cfg["max_group_pairs"]))
-        classes = few_cell_classes(view, found, max_cells=int(cfg["few_cells_max"]))
+        summary = groups_summary(view, found, max_pairs=opts.max_group_pairs)
+        classes = few_cell_classes(view, found, max_cells=opts.few_cells_max)
         summary["few_cells"] = [{**c, "examined": summary["examined"],
                                  "sampled": summary["sampled"]} for c in classes]
         datasets[view.name]["sources"] = summary
@@ -250,7 +250,7 @@ def _add_sources(ctx: AuditContext, datasets: dict, sources: SourceDiscovery,
             train = ctx.train
             datasets[view.name]["against"][train.name]["verified"] = verified_copies(
                 view, train, found, sources.sets[train.name], sources.matches[view.name],
-                max_examples=int(cfg["max_examples"]))
+                max_examples=opts.max_examples)
     return few
 
 
@@ -259,13 +259,13 @@ def _verified_share(entry: dict) -> float:
     return float(share["value"]) if share else 0.0
 
 
-def _sources_state(sources: SourceDiscovery | None, cfg: dict) -> dict:
+def _sources_state(sources: SourceDiscovery | None, opts) -> dict:
     """Whether source groups were discovered, with what settings, or how to turn them on."""
     if sources is None:
         return {"run": False, "how_to_enable": HOW_TO_ENABLE}
-    return {"run": True, "max_images": int(cfg["source_groups_max_images"]),
-            "image_size": int(cfg["source_groups_image_size"]),
-            "few_cells_max": int(cfg["few_cells_max"]), "config": sources.config.to_dict()}
+    return {"run": True, "max_images": opts.source_groups_max_images,
+            "image_size": opts.source_groups_image_size,
+            "few_cells_max": opts.few_cells_max, "config": sources.config.to_dict()}
 
 
 def _summary(ctx: AuditContext, datasets: dict, cross: list) -> str:
@@ -282,8 +282,8 @@ def _summary(ctx: AuditContext, datasets: dict, cross: list) -> str:
                      for q, r, e in cross) + "."
 
 
-def _findings(check: str, ctx: AuditContext, datasets: dict, cfg: dict) -> list[Finding]:
-    findings, ref, warn = [], ctx.reference, cfg["leak_share_warn"]
+def _findings(check: str, ctx: AuditContext, datasets: dict, opts) -> list[Finding]:
+    findings, ref, warn = [], ctx.reference, opts.leak_share_warn
     train = ctx.train
     acc = {v.name: float(v.correct.mean()) if len(v) else float("nan")
            for v in ctx.views.values()}

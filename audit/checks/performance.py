@@ -130,23 +130,23 @@ class PerformanceCheck(Check):
     ORDER = (("min_accuracy_fail", "min_accuracy_warn"), ("max_drop_warn", "max_drop_fail"))
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg = ctx.check_config(self.name)
+        opts = self.options(ctx)
         names, ref = ctx.class_names, ctx.reference
         datasets, samples = {}, {}
         for view in ctx.views.values():
             datasets[view.name], samples[view.name] = evaluate_set(
-                view, names, n_boot=int(cfg["n_boot"]), rng=ctx.rng(self.name, view.name))
+                view, names, n_boot=opts.n_boot, rng=ctx.rng(self.name, view.name))
         ref_acc = datasets[ref.name]["accuracy"]["value"]
-        statuses = [Status.FAIL if ref_acc < cfg["min_accuracy_fail"] else
-                    Status.WARN if ref_acc < cfg["min_accuracy_warn"] else Status.PASS]
+        statuses = [Status.FAIL if ref_acc < opts.min_accuracy_fail else
+                    Status.WARN if ref_acc < opts.min_accuracy_warn else Status.PASS]
         gap, findings = {}, []
         for view in ctx.shifted:
             acc = datasets[view.name]["accuracy"]
             gap[view.name] = _ci(ref_acc - acc["value"], samples[ref.name] - samples[view.name])
             drop = gap[view.name]["value"]
-            statuses.append(Status.FAIL if drop > cfg["max_drop_fail"] else
-                            Status.WARN if drop > cfg["max_drop_warn"] else Status.PASS)
-            if drop > 0 and (drop > cfg["max_drop_warn"] or gap[view.name]["low"] > 0):
+            statuses.append(Status.FAIL if drop > opts.max_drop_fail else
+                            Status.WARN if drop > opts.max_drop_warn else Status.PASS)
+            if drop > 0 and (drop > opts.max_drop_warn or gap[view.name]["low"] > 0):
                 findings.append(Finding(
                     check=self.name, dataset=view.name, impact=drop, kind="accuracy_drop",
                     text=(f"Accuracy on {view.name} is {_pct(acc['value'])}% (95% CI "
@@ -158,14 +158,14 @@ class PerformanceCheck(Check):
                     evidence={"accuracy": acc, "reference_accuracy": ref_acc, "drop": gap[view.name]}))
         for view in ctx.evaluated:
             findings += _class_findings(view, datasets[view.name], names, ref.name,
-                                        floor=cfg["min_class_recall_warn"], check=self.name)
+                                        floor=opts.min_class_recall_warn, check=self.name)
         summary = f"Accuracy {_pct(ref_acc)}% (95% CI {_pct(datasets[ref.name]['accuracy']['low'])}" \
                   f"-{_pct(datasets[ref.name]['accuracy']['high'])}) on {ref.name}"
         summary += "".join(f"; {_pct(datasets[n]['accuracy']['value'])}% on {n} (drop "
                            f"{_pct(g['value'])} points)" for n, g in gap.items()) + "."
         return CheckResult(self.name, worst_status(statuses), summary,
                            metrics={"reference": ref.name, "class_names": list(names),
-                                    "n_boot": int(cfg["n_boot"]), "level": 0.95,
+                                    "n_boot": opts.n_boot, "level": 0.95,
                                     "datasets": datasets, "gap": gap},
                            findings=findings)
 

@@ -124,30 +124,30 @@ class RobustnessCheck(Check):
     ORDER = (("max_drop_warn", "max_drop_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg = ctx.check_config(self.name)
+        opts = self.options(ctx)
         if ctx.predictor is None:
             return CheckResult(self.name, Status.SKIP, "No model to run corrupted images through.")
-        names = list(cfg["corruptions"]) or list(CORRUPTIONS)
+        names = list(opts.corruptions) or list(CORRUPTIONS)
         unknown = sorted(set(names) - set(CORRUPTIONS))
         if unknown:
             raise ValueError(f"checks.robustness.corruptions: unknown {unknown}; "
                              f"known: {', '.join(CORRUPTIONS)}")
-        severities = sorted({int(s) for s in cfg["severities"]})
+        severities = sorted({int(s) for s in opts.severities})
         if not severities or not set(severities) <= set(SEVERITIES):
             raise ValueError(f"checks.robustness.severities: expected values from {SEVERITIES}, "
-                             f"received {cfg['severities']}")
+                             f"received {list(opts.severities)}")
         ref = ctx.reference
-        idx = stratified_subsample(ref.labels, int(cfg["max_images"]), rng=ctx.rng(self.name))
+        idx = stratified_subsample(ref.labels, opts.max_images, rng=ctx.rng(self.name))
         subset = ref.dataset.subset(idx)
         labels, clean = ref.labels[idx], ref.probs[idx]
         probs, n_forward = corrupted_probs(
             subset, ctx.predictor, names, severities, image_size=ctx.image_size, resize=ctx.resize,
-            batch_size=int(cfg["batch_size"]),
+            batch_size=opts.batch_size,
             seed=int(ctx.rng(self.name, "noise").integers(2 ** 31)))
         artifact = ctx.save_artifact("robustness_predictions", indices=idx, labels=labels,
                                      corruptions=np.array(names), severities=np.array(severities),
                                      probs=probs, clean_probs=clean.astype(np.float32))
-        n_bins = int(cfg["n_bins"])
+        n_bins = opts.n_bins
         clean_acc = float(np.mean(clean.argmax(1) == labels))
         accuracy = (probs.argmax(-1) == labels).mean(-1)  # (K, S)
         ece = np.array([[expected_calibration_error(p, labels, n_bins=n_bins) for p in row]
@@ -171,7 +171,7 @@ class RobustnessCheck(Check):
         metrics["datasets"] = {v.name: self._resemblance(v, ref.correct.mean(), confusions,
                                                          clean_confusion, metrics)
                                for v in ctx.shifted}
-        status, summary = self._status(cfg, metrics, names, severities, accuracy, clean_acc)
+        status, summary = self._status(opts, metrics, names, severities, accuracy, clean_acc)
         findings = self._findings(ref.name, names, severities, accuracy, clean_acc, rce, metrics)
         return CheckResult(self.name, status, summary, metrics=metrics, findings=findings,
                            artifacts={"predictions": artifact})
@@ -190,19 +190,19 @@ class RobustnessCheck(Check):
                 "clean_distance": confusion_distance(target, clean_confusion)}
 
     @staticmethod
-    def _status(cfg, metrics, names, severities, accuracy, clean_acc) -> tuple[Status, str]:
-        mild = [s for s, sev in enumerate(severities) if sev <= cfg["severity_for_status"]]
+    def _status(opts, metrics, names, severities, accuracy, clean_acc) -> tuple[Status, str]:
+        mild = [s for s, sev in enumerate(severities) if sev <= opts.severity_for_status]
         if not mild:
-            return Status.PASS, (f"No severity up to {cfg['severity_for_status']} was run; mean "
+            return Status.PASS, (f"No severity up to {opts.severity_for_status} was run; mean "
                                  f"rCE {metrics['mean_rce']:.1%}.")
         drops = clean_acc - accuracy[:, mild]
         k, s = np.unravel_index(np.argmax(drops), drops.shape)
         worst = float(drops[k, s])
         metrics["status_drop"] = {"corruption": names[k], "severity": severities[mild[s]],
                                   "drop": worst}
-        status = (Status.FAIL if worst > cfg["max_drop_fail"] else
-                  Status.WARN if worst > cfg["max_drop_warn"] else Status.PASS)
-        return status, (f"At severity <= {cfg['severity_for_status']}, {_words(names[k])} costs "
+        status = (Status.FAIL if worst > opts.max_drop_fail else
+                  Status.WARN if worst > opts.max_drop_warn else Status.PASS)
+        return status, (f"At severity <= {opts.severity_for_status}, {_words(names[k])} costs "
                         f"the most: {worst:.1%} accuracy (clean {clean_acc:.1%}); mean rCE "
                         f"{metrics['mean_rce']:.1%} over {len(names)} corruptions.")
 

@@ -58,13 +58,13 @@ class SafetyCheck(Check):
     def run(self, ctx: AuditContext) -> CheckResult:
         from audit.checks.calibration import reference_folds
 
-        cfg = ctx.check_config(self.name)
+        opts = self.options(ctx)
         ref = ctx.reference
-        thresholds = {k: float(cfg[k]) for k in USABILITY_DEFAULTS}
-        folds = reference_folds(ctx, int(cfg["folds"]))
+        thresholds = {k: getattr(opts, k) for k in USABILITY_DEFAULTS}
+        folds = reference_folds(ctx, opts.folds)
         model, oof = crossfit_ood(ref.outputs.embeddings, ref.labels, folds,
-                                  false_alarm=float(cfg["false_alarm_rate"]),
-                                  n_components=int(cfg["n_components"]))
+                                  false_alarm=opts.false_alarm_rate,
+                                  n_components=opts.n_components)
         datasets, arrays = {}, {}
         for view in ctx.evaluated:
             scores = oof if view is ref else model.score(view.outputs.embeddings)
@@ -88,14 +88,14 @@ class SafetyCheck(Check):
         r = datasets[ref.name]
         summary = (f"{r['n_unlike_reference']} of {r['n']} {ref.name} images score as unlike the "
                    f"reference out-of-fold (target false-alarm rate "
-                   f"{cfg['false_alarm_rate']:.0%})"
+                   f"{opts.false_alarm_rate:.0%})"
                    + "".join(f"; {n}: {d['n_flagged']} of {d['n']} flagged"
                              for n, d in datasets.items() if n != ref.name)
                    + (f"; not usable as cell images: {unusable}" if unusable else "") + ".")
         return CheckResult(self.name, status, summary, findings=findings,
                            artifacts={"model": model_file, "flags": flags_file}, metrics={
                                "reference": ref.name,
-                               "false_alarm_rate": float(cfg["false_alarm_rate"]),
+                               "false_alarm_rate": opts.false_alarm_rate,
                                "ood": {"score": "class_conditional_mahalanobis_ppca",
                                        "threshold": model.threshold,
                                        "n_components": int(model.components.shape[1]),

@@ -178,8 +178,8 @@ class SelectiveCheck(Check):
     def run(self, ctx: AuditContext) -> CheckResult:
         from audit.checks.calibration import reference_folds
 
-        cfg = ctx.check_config(self.name)
-        target, delta, ref = float(cfg["target_accuracy"]), float(cfg["delta"]), ctx.reference
+        opts = self.options(ctx)
+        target, delta, ref = opts.target_accuracy, opts.delta, ctx.reference
         temperature = _fitted_temperature(ctx)
         probs = {v.name: softmax(v.logits / (temperature or 1.0)) for v in ctx.evaluated}
         conf = {name: p.max(axis=1) for name, p in probs.items()}
@@ -187,7 +187,7 @@ class SelectiveCheck(Check):
         fitted = guaranteed_threshold(conf[ref.name], correct[ref.name], target_accuracy=target,
                                       delta=delta)
         threshold = fitted["value"]
-        folds = reference_folds(ctx, int(cfg["folds"]))
+        folds = reference_folds(ctx, opts.folds)
         crossfit = crossfit_referral(ref.logits, ref.labels, folds,
                                      calibrate=temperature is not None, target_accuracy=target,
                                      delta=delta)
@@ -195,7 +195,7 @@ class SelectiveCheck(Check):
         for view in ctx.evaluated:
             c, hits = conf[view.name], correct[view.name]
             shipped = np.zeros(len(c), bool) if threshold is None else c >= threshold
-            curve = risk_coverage_curve(c, hits, max_points=int(cfg["curve_points"]))
+            curve = risk_coverage_curve(c, hits, max_points=opts.curve_points)
             d = {"role": view.role, "n": len(view), "aurc": aurc(c, hits),
                  "accuracy": float(np.mean(hits)), "risk_coverage": curve}
             if view is ref and folds is not None:
@@ -208,7 +208,7 @@ class SelectiveCheck(Check):
             datasets[view.name] = d
         statuses, findings = [Status.PASS], []
         ref_metrics = datasets[ref.name]
-        if threshold is None or ref_metrics["coverage"] < cfg["min_coverage_warn"]:
+        if threshold is None or ref_metrics["coverage"] < opts.min_coverage_warn:
             statuses.append(Status.WARN)
             findings.append(_reference_finding(ref.name, ref_metrics, threshold, target, delta,
                                                self.name))
@@ -218,7 +218,7 @@ class SelectiveCheck(Check):
                 "msp": shift_auroc(-conf[ref.name], -conf[view.name]),
                 "energy": shift_auroc(energy_score(ref.logits), energy_score(view.logits))}
             unsafe = m["accepted_accuracy"] is not None and \
-                m["accepted_accuracy"] < target - cfg["fail_margin"]
+                m["accepted_accuracy"] < target - opts.fail_margin
             statuses.append(Status.FAIL if unsafe else Status.PASS)
             if threshold is not None:
                 findings.append(_shifted_finding(view.name, m, ref.name, threshold, target, unsafe,

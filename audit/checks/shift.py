@@ -185,20 +185,20 @@ class ShiftCheck(Check):
     ORDER = (("drop_warn", "drop_fail"),)
 
     def run(self, ctx: AuditContext) -> CheckResult:
-        cfg = ctx.check_config(self.name)
+        opts = self.options(ctx)
         ref = ctx.reference
         if not ctx.shifted:
             return CheckResult(self.name, Status.SKIP, "No shifted dataset to compare with the "
                                f"reference '{ref.name}'.", metrics={"reference": ref.name})
         per_set, findings, status = {}, [], Status.PASS
         for view in ctx.shifted:
-            metrics = self._measure(ctx, cfg, ref, view)
+            metrics = self._measure(ctx, opts, ref, view)
             per_set[view.name] = metrics
-            findings += self._findings(ctx, cfg, ref, view, metrics)
+            findings += self._findings(ctx, opts, ref, view, metrics)
             drop = metrics["drop"]
-            if drop["value"] > cfg["drop_fail"] and drop["low"] > 0:
+            if drop["value"] > opts.drop_fail and drop["low"] > 0:
                 status = Status.FAIL
-            elif metrics["significant_drift"] and drop["value"] > cfg["drop_warn"] \
+            elif metrics["significant_drift"] and drop["value"] > opts.drop_warn \
                     and status != Status.FAIL:
                 status = Status.WARN
         worst = max(per_set, key=lambda k: per_set[k]["drop"]["value"])
@@ -208,17 +208,17 @@ class ShiftCheck(Check):
         return CheckResult(self.name, status, summary, findings=findings,
                            metrics={"reference": ref.name, "datasets": per_set})
 
-    def _drift_sample(self, ctx: AuditContext, cfg: dict, ref: DatasetView, view: DatasetView
+    def _drift_sample(self, ctx: AuditContext, opts, ref: DatasetView, view: DatasetView
                       ) -> tuple[np.ndarray, np.ndarray]:
         rng = ctx.rng(self.name, view.name, "sample")
-        if cfg["match_classes"]:
-            return class_matched_sample(ref.labels, view.labels, int(cfg["max_images"]), rng=rng)
-        return (subsample(len(ref), int(cfg["max_images"]), rng=rng),
-                subsample(len(view), int(cfg["max_images"]), rng=rng))
+        if opts.match_classes:
+            return class_matched_sample(ref.labels, view.labels, opts.max_images, rng=rng)
+        return (subsample(len(ref), opts.max_images, rng=rng),
+                subsample(len(view), opts.max_images, rng=rng))
 
-    def _measure(self, ctx: AuditContext, cfg: dict, ref: DatasetView, view: DatasetView) -> dict:
+    def _measure(self, ctx: AuditContext, opts, ref: DatasetView, view: DatasetView) -> dict:
         n_classes = len(ctx.class_names)
-        drop = accuracy_drop_ci(ref.correct, view.correct, n_boot=int(cfg["n_boot"]),
+        drop = accuracy_drop_ci(ref.correct, view.correct, n_boot=opts.n_boot,
                                 rng=ctx.rng(self.name, view.name, "bootstrap"),
                                 ref_groups=ref.groups, shifted_groups=view.groups)
         decomposition = prior_shift_decomposition(ref.labels, ref.correct, view.labels,
@@ -228,19 +228,19 @@ class ShiftCheck(Check):
                                       for i, c in enumerate(ctx.class_names)}
         decomposition["imputed_classes"] = [ctx.class_names[i]
                                             for i in decomposition["imputed_classes"]]
-        ref_idx, sh_idx = self._drift_sample(ctx, cfg, ref, view)
+        ref_idx, sh_idx = self._drift_sample(ctx, opts, ref, view)
         props = {k: property_drift(ref.outputs.properties[k][ref_idx], v[sh_idx],
                                    circular=(k == "hue"))
                  for k, v in view.outputs.properties.items()
                  if k in ref.outputs.properties and k in PROPERTIES}
         x, y = ref.outputs.embeddings[ref_idx], view.outputs.embeddings[sh_idx]
-        embedding = mmd_permutation_test(x, y, n_perm=int(cfg["n_perm"]),
+        embedding = mmd_permutation_test(x, y, n_perm=opts.n_perm,
                                          rng=ctx.rng(self.name, view.name, "mmd"))
         embedding.update(n_ref=len(x), n_shifted=len(y), domain_auc=domain_classifier_auc(
             x, y, seed=int(ctx.rng(self.name, view.name, "auc").integers(2 ** 31))))
         absorb = absorbing_classes(ref.predictions, view.predictions, view.labels,
                                    n_classes=n_classes)
-        alpha = cfg["alpha"]
+        alpha = opts.alpha
         significant = (any(np.isfinite(p["ks_p"]) and p["ks_p"] < alpha for p in props.values())
                        or (np.isfinite(embedding["p_value"]) and embedding["p_value"] < alpha))
         return {
@@ -254,11 +254,11 @@ class ShiftCheck(Check):
                 k: dict(zip(ctx.class_names, absorb[k].tolist(), strict=True))
                 for k in ("predicted_share_change", "error_share")}},
             "drift_sample": {"n_ref": len(ref_idx), "n_shifted": len(sh_idx),
-                             "class_matched": bool(cfg["match_classes"])},
+                             "class_matched": opts.match_classes},
             "significant_drift": bool(significant),
         }
 
-    def _findings(self, ctx: AuditContext, cfg: dict, ref: DatasetView, view: DatasetView,
+    def _findings(self, ctx: AuditContext, opts, ref: DatasetView, view: DatasetView,
                   m: dict) -> list[Finding]:
         name, drop, dec = view.name, m["drop"]["value"], m["decomposition"]
         impact = max(drop, 0.0)
@@ -287,15 +287,15 @@ class ShiftCheck(Check):
                 f"collect labelled images of {worst} from {name}", dataset=name,
                 gap_share=float(min(part / drop, 1.0)), impact=part, kind="class_accuracy",
                 evidence={"class": worst, **w}))
-        described = describe_property_drift(name, m["properties"], alpha=cfg["alpha"],
-                                            min_sd=cfg["property_min_sd"])
+        described = describe_property_drift(name, m["properties"], alpha=opts.alpha,
+                                            min_sd=opts.property_min_sd)
         if described:
             text, props = described
             out.append(Finding(self.name, text + ".", _property_action(props), dataset=name,
                                impact=impact, kind="property_drift",
                                evidence={p: m["properties"][p] for p in props}))
         emb = m["embedding"]
-        if np.isfinite(emb["p_value"]) and emb["p_value"] < cfg["alpha"]:
+        if np.isfinite(emb["p_value"]) and emb["p_value"] < opts.alpha:
             auc = emb["domain_auc"]
             auc_text = (f"a classifier tells {name} from {ref.name} images with AUC {auc:.2f}"
                         if np.isfinite(auc) else f"{name} and {ref.name} embeddings differ")
@@ -308,7 +308,7 @@ class ShiftCheck(Check):
         absorb = m["absorbing"]
         target = max(absorb["error_share"], key=absorb["error_share"].get)
         share = absorb["error_share"][target]
-        if absorb["n_errors"] >= cfg["min_errors"] and share >= cfg["absorb_share"]:
+        if absorb["n_errors"] >= opts.min_errors and share >= opts.absorb_share:
             rise = absorb["predicted_share_change"][target]
             out.append(Finding(
                 self.name, f"{share:.0%} of errors on {name} are predicted as {target} (its share "

@@ -74,11 +74,11 @@ class SourceDiscovery:
     matches: dict[str, SourceMatches]   # evaluation set -> its copies in training (examined)
 
 
-def discover_sources(ctx: AuditContext, cfg: dict, *, check: str) -> SourceDiscovery:
+def discover_sources(ctx: AuditContext, opts, *, check: str) -> SourceDiscovery:
     """Keypoints of each evaluation set (and train) once; source groups within each
     evaluation set; verified copies of each evaluation set in train."""
-    config = GroupConfig(image_size=int(cfg["source_groups_image_size"]), seed=ctx.seed)
-    cap = int(cfg["source_groups_max_images"])
+    config = GroupConfig(image_size=opts.source_groups_image_size, seed=ctx.seed)
+    cap = opts.source_groups_max_images
     views = [*ctx.evaluated, *([ctx.train] if ctx.train is not None else [])]
     sets = {}
     for view in views:
@@ -113,7 +113,7 @@ def attach_sources(ctx: AuditContext, *, check: str = "leakage") -> SourceDiscov
     if ctx.sources is None and ctx.sources_error is not None:
         raise ctx.sources_error  # the runner's attempt failed: report it, do not redo it
     if ctx.sources is None:
-        ctx.sources = discover_sources(ctx, ctx.check_config(check), check=check)
+        ctx.sources = discover_sources(ctx, ctx.options(check), check=check)
     for name, found in ctx.sources.sets.items():
         view = ctx.views[name]
         labels = found.group_labels()

@@ -60,7 +60,7 @@ def _accuracy_of(entry: dict) -> float:
 
 
 def verified_leak_findings(check: str, ctx: AuditContext, datasets: dict,
-                           cfg: dict) -> list[Finding]:
+                           opts) -> list[Finding]:
     """Verified copies in training above `leak_share_warn`: for the reference, the share of its
     gap to each shifted set they explain (`train_leak`); for a shifted set, how much they lift
     its accuracy (`test_overlap`)."""
@@ -73,7 +73,7 @@ def verified_leak_findings(check: str, ctx: AuditContext, datasets: dict,
     out = []
     for view in ctx.evaluated:
         entry = datasets[view.name]["against"].get(train.name, {}).get("verified")
-        if not entry or not entry["share"] or entry["share"]["value"] <= cfg["leak_share_warn"]:
+        if not entry or not entry["share"] or entry["share"]["value"] <= opts.leak_share_warn:
             continue
         share, with_copy = entry["share"]["value"], entry["accuracy"]["with_copy"]
         without = entry["accuracy"]["without_copy"]

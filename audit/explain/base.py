@@ -48,8 +48,9 @@ class Explainer:
             model, batch_size=batch_size)
 
     @classmethod
-    def from_config(cls, model, config: dict, *, seed: int, predictor=None) -> Explainer:
-        """Build from the `[explain]` config table; subclasses map their keys."""
+    def from_config(cls, model, options, *, seed: int, predictor=None) -> Explainer:
+        """Build from the `[explain]` options (audit.explain.config.ExplainOptions);
+        subclasses map their fields."""
         return cls(model, seed=seed, predictor=predictor)
 
     @property
@@ -90,14 +91,17 @@ def register_explainer(cls: type[Explainer]) -> type[Explainer]:
     return cls
 
 
-def make_explainer(name: str, model, config: dict, *, seed: int, predictor=None) -> Explainer:
-    """The registered explainer `name`, configured from the `[explain]` table."""
+def make_explainer(name: str, model, config, *, seed: int, predictor=None) -> Explainer:
+    """The registered explainer `name`, configured from the `[explain]` table (a dict) or
+    its ExplainOptions."""
     from audit.explain import load_builtin_explainers
+    from audit.explain.config import explain_options
 
     registry = load_builtin_explainers()
     if name not in registry:
         raise ValueError(f"unknown explanation method '{name}'; known: {sorted(registry)}")
-    return registry[name].from_config(model, config, seed=seed, predictor=predictor)
+    return registry[name].from_config(model, explain_options(config), seed=seed,
+                                      predictor=predictor)
 
 
 def check_inputs(images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

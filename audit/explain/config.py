@@ -4,7 +4,15 @@ Defaults are sized for a 2-core CPU: on the demo (64 px images, tiny model) the 
 explanation step takes well under a minute; at 224 px with a full MobileNetV2 count roughly
 (shap_max_evals + lime_num_samples + 4 x 2 x (faithfulness_steps + 1)) forward passes per
 selected image, plus the sanity and stability re-runs.
+
+Code reads the validated table as `ExplainOptions` (typed, frozen: `opts.n_boot`).
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from audit.options import build_options, options_type
 
 EXPLAIN_DEFAULTS = {
     "methods": ["gradcam", "shap", "lime"],  # run in this order; see audit.explain registry
@@ -44,6 +52,15 @@ EXPLAIN_DEFAULTS = {
     "stability_min_correlation": 0.3,  # flag a method whose maps correlate less than this
     "artifact_size": 128,          # side of images and maps stored in the npz (<= input size)
 }
+
+# The `[explain]` table read as typed, frozen options (audit.options.options_type).
+ExplainOptions = options_type("ExplainOptions", EXPLAIN_DEFAULTS)
+
+
+def explain_options(table: Mapping | ExplainOptions) -> ExplainOptions:
+    """The validated `[explain]` table (config["explain"]) as ExplainOptions; options pass
+    through unchanged."""
+    return table if isinstance(table, ExplainOptions) else build_options(ExplainOptions, table)
 
 
 def explain_limits() -> dict:

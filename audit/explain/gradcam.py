@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from audit.explain.base import Explainer, register_explainer
+from audit.explain.config import ExplainOptions
 from model.graph import find_feature_layer
 
 __all__ = ["GradCAM", "find_feature_layer", "FeatureHead"]
@@ -67,9 +68,9 @@ class GradCAM(Explainer):
             tf.TensorSpec([None, None, None, 3], tf.float32), tf.TensorSpec([None], tf.int32)])
 
     @classmethod
-    def from_config(cls, model, config: dict, *, seed: int, predictor=None) -> GradCAM:
-        return cls(model, seed=seed, batch_size=int(config["gradcam_batch_size"]),
-                   min_grid=int(config["gradcam_min_grid"]), predictor=predictor)
+    def from_config(cls, model, options: ExplainOptions, *, seed: int, predictor=None) -> GradCAM:
+        return cls(model, seed=seed, batch_size=options.gradcam_batch_size,
+                   min_grid=options.gradcam_min_grid, predictor=predictor)
 
     def _cam_batch(self, images, targets):
         with tf.GradientTape() as tape:

@@ -20,6 +20,7 @@ from lime import lime_image
 from skimage.segmentation import slic
 
 from audit.explain.base import Explainer, register_explainer
+from audit.explain.config import ExplainOptions
 
 __all__ = ["Lime", "segment_image"]
 
@@ -68,10 +69,10 @@ class Lime(Explainer):
         self.n_segments = int(n_segments)
 
     @classmethod
-    def from_config(cls, model, config: dict, *, seed: int, predictor=None) -> Lime:
-        return cls(model, seed=seed, batch_size=int(config["lime_batch_size"]),
-                   num_samples=int(config["lime_num_samples"]),
-                   n_segments=int(config["lime_segments"]), predictor=predictor)
+    def from_config(cls, model, options: ExplainOptions, *, seed: int, predictor=None) -> Lime:
+        return cls(model, seed=seed, batch_size=options.lime_batch_size,
+                   num_samples=options.lime_num_samples,
+                   n_segments=options.lime_segments, predictor=predictor)
 
     def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         maps = np.empty(images.shape[:3], np.float32)

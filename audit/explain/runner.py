@@ -14,6 +14,7 @@ from PIL import Image
 from audit.errors import UsageError
 from audit.explain.base import make_explainer
 from audit.explain.cellfocus import aggregate_focus, focus_scores
+from audit.explain.config import ExplainOptions, explain_options
 from audit.explain.faithfulness import (
     BASELINES,
     deletion_auc,
@@ -79,7 +80,7 @@ def explain_audit(ctx) -> dict:
     (normalised: [0, 1] unsigned, [-1, 1] signed), indices, targets, labels, paths, reasons,
     confidence. Seconds vary between runs; everything else is fixed by the seed.
     """
-    cfg = ctx.config["explain"]
+    opts = explain_options(ctx.config["explain"])
     started = time.perf_counter()
     model = getattr(ctx.predictor, "loaded", None)
     if model is None:
@@ -87,11 +88,11 @@ def explain_audit(ctx) -> dict:
     from audit.explain import load_builtin_explainers
     from audit.inference import Predictor
 
-    _check_config(cfg, list(load_builtin_explainers()))
+    _check_config(opts, list(load_builtin_explainers()))
     predictor = ctx.predictor  # already traced: reuse it when its batch size is the one asked
-    if getattr(predictor, "batch_size", None) != int(cfg["batch_size"]):
-        predictor = Predictor(model, batch_size=int(cfg["batch_size"]))
-    run = _Run(ctx, cfg, model, predictor)
+    if getattr(predictor, "batch_size", None) != opts.batch_size:
+        predictor = Predictor(model, batch_size=opts.batch_size)
+    run = _Run(ctx, opts, model, predictor)
     datasets = {view.name: run.dataset(view) for view in ctx.evaluated}
     methods = run.method_entries(datasets)
     status, headline = verdict(methods, datasets)
@@ -108,27 +109,27 @@ def explain_audit(ctx) -> dict:
     })
 
 
-def _check_config(cfg: dict, known: list[str]) -> None:
+def _check_config(opts: ExplainOptions, known: list[str]) -> None:
     """Refuse settings that would fail later, naming the key and the accepted values."""
     from audit.corruptions import CORRUPTIONS, SEVERITIES
 
     for key in ("methods", "sanity_methods", "stability_methods"):
-        unknown = sorted(set(cfg[key]) - set(known))
+        unknown = sorted(set(getattr(opts, key)) - set(known))
         if unknown:
             raise UsageError(f"[explain] {key}: unknown method(s) {unknown}; known: {known}")
-    unknown = sorted(set(cfg["stability_corruptions"]) - set(CORRUPTIONS))
+    unknown = sorted(set(opts.stability_corruptions) - set(CORRUPTIONS))
     if unknown:
         raise UsageError(f"[explain] stability_corruptions: unknown {unknown}; known: "
                          f"{list(CORRUPTIONS)}")
-    if cfg["stability_severity"] not in SEVERITIES:
+    if opts.stability_severity not in SEVERITIES:
         raise UsageError(f"[explain] stability_severity must be one of {list(SEVERITIES)}, "
-                         f"received {cfg['stability_severity']!r}")
-    if cfg["faithfulness_baseline"] not in BASELINES:
+                         f"received {opts.stability_severity!r}")
+    if opts.faithfulness_baseline not in BASELINES:
         raise UsageError(f"[explain] faithfulness_baseline must be one of {list(BASELINES)}, "
-                         f"received {cfg['faithfulness_baseline']!r}")
+                         f"received {opts.faithfulness_baseline!r}")
     for key in ("faithfulness_steps", "batch_size", "artifact_size", "random_grid"):
-        if int(cfg[key]) < 1:
-            raise UsageError(f"[explain] {key} must be >= 1, received {cfg[key]!r}")
+        if getattr(opts, key) < 1:
+            raise UsageError(f"[explain] {key} must be >= 1, received {getattr(opts, key)!r}")
 
 
 def _detail(exc: BaseException) -> str:
@@ -138,19 +139,19 @@ def _detail(exc: BaseException) -> str:
 class _Run:
     """State shared across datasets: explainers, their randomised twins, counters."""
 
-    def __init__(self, ctx, cfg: dict, model, predictor):
-        self.ctx, self.cfg, self.model, self.predictor = ctx, cfg, model, predictor
+    def __init__(self, ctx, opts: ExplainOptions, model, predictor):
+        self.ctx, self.opts, self.model, self.predictor = ctx, opts, model, predictor
         self.explainers, self.errors = {}, {}
-        for name in cfg["methods"]:
+        for name in opts.methods:
             try:
-                self.explainers[name] = make_explainer(name, model, cfg, seed=self._seed(name),
+                self.explainers[name] = make_explainer(name, model, opts, seed=self._seed(name),
                                                        predictor=predictor)
             except Exception as exc:  # noqa: BLE001 - one broken method must not stop the others
                 self.errors[name] = _detail(exc)
         self.timing = {"selection": 0.0, "faithfulness": 0.0, "cell_focus": 0.0,
                        "sanity": 0.0, "stability": 0.0}
         self.usage = {name: {"seconds": 0.0, "forward_passes": 0, "gradient_passes": 0,
-                             "images": 0, "evaluation_seconds": 0.0} for name in cfg["methods"]}
+                             "images": 0, "evaluation_seconds": 0.0} for name in opts.methods}
         self._random_twins: dict | None = None
         self.reinitialised: list[str] = []
 
@@ -164,26 +165,26 @@ class _Run:
 
             network = self.model.require_graph("The model-randomisation sanity check")
             copy, self.reinitialised = randomised_copy(
-                network, n_layers=int(self.cfg["sanity_reinit_layers"]),
+                network, n_layers=self.opts.sanity_reinit_layers,
                 rng=self.ctx.rng("explain", "randomise"))
             copy = self.model.with_keras_model(copy)
             self._random_twins = {"model": copy, "predictor": Predictor(
-                copy, batch_size=int(self.cfg["batch_size"]))}
+                copy, batch_size=self.opts.batch_size)}
         twins = self._random_twins
         if name not in twins:
-            twins[name] = make_explainer(name, twins["model"], self.cfg, seed=self._seed(name),
+            twins[name] = make_explainer(name, twins["model"], self.opts, seed=self._seed(name),
                                          predictor=twins["predictor"])
         return twins[name]
 
     def dataset(self, view) -> dict:
         from audit.imaging import white_cell_mask
 
-        cfg, ctx = self.cfg, self.ctx
+        opts, ctx = self.opts, self.ctx
         t0 = time.perf_counter()
         selection = select_images(
-            view.labels, view.probs, correct_per_class=int(cfg["correct_per_class"]),
-            errors_per_class=int(cfg["errors_per_class"]),
-            most_confident_errors=int(cfg["most_confident_errors"]),
+            view.labels, view.probs, correct_per_class=opts.correct_per_class,
+            errors_per_class=opts.errors_per_class,
+            most_confident_errors=opts.most_confident_errors,
             rng=ctx.rng("explain", view.name))
         idx = selection.indices
         entry = {"role": view.role, "n_images": len(idx), "artifact": None, "artifact_size": None,
@@ -209,7 +210,7 @@ class _Run:
         scorer = _Scorer(self, view.name, images, targets, labels, masks)
         entry["random"] = scorer.random_entry()
         all_maps = {}
-        for name in cfg["methods"]:
+        for name in opts.methods:
             if name in self.errors:
                 entry["methods"][name] = {"error": self.errors[name]}
                 continue
@@ -236,7 +237,7 @@ class _Run:
 
     def _save(self, dataset: str, images, all_maps, masks, idx, targets, labels, paths,
               reasons, confidence) -> dict:
-        size = min(int(self.cfg["artifact_size"]), images.shape[1])
+        size = min(self.opts.artifact_size, images.shape[1])
         arrays = {
             "images": _resize_images(images, size),
             "masks": _resize_maps(masks.astype(np.float32), size) >= 0.5,
@@ -251,7 +252,7 @@ class _Run:
 
     def method_entries(self, datasets: dict) -> dict:
         out = {}
-        for name in self.cfg["methods"]:
+        for name in self.opts.methods:
             if name in self.errors:
                 out[name] = {"error": self.errors[name], "flags": []}
                 continue
@@ -260,7 +261,7 @@ class _Run:
             usage = dict(self.usage[name])
             usage["seconds_per_image"] = usage["seconds"] / max(usage["images"], 1)
             info = self.explainers[name].info()
-            if name in self.cfg["sanity_methods"] and self.reinitialised:
+            if name in self.opts.sanity_methods and self.reinitialised:
                 info["sanity_reinitialised_layers"] = self.reinitialised
             out[name] = {**info, "flags": flags, "timing": usage}
         return out
@@ -270,18 +271,18 @@ class _Scorer:
     """Scores for one dataset's selected images: faithfulness, focus, sanity, stability."""
 
     def __init__(self, run: _Run, dataset: str, images, targets, labels, masks):
-        self.run, self.cfg, self.dataset = run, run.cfg, dataset
+        self.run, self.opts, self.dataset = run, run.opts, dataset
         self.images, self.targets, self.labels, self.masks = images, targets, labels, masks
-        self.baseline = make_baseline(images, kind=self.cfg["faithfulness_baseline"],
-                                      blur_fraction=float(self.cfg["faithfulness_blur_fraction"]))
+        self.baseline = make_baseline(images, kind=self.opts.faithfulness_baseline,
+                                      blur_fraction=self.opts.faithfulness_blur_fraction)
         rng = run.ctx.rng("explain", dataset, "random_maps")
         self.random_maps = random_maps(len(images), *images.shape[1:3], rng=rng,
-                                       grid=int(self.cfg["random_grid"]))
+                                       grid=self.opts.random_grid)
         self.random_faith = self._faithfulness("random", self.random_maps)
 
     def _faithfulness(self, name: str, maps) -> dict:
         t0 = time.perf_counter()
-        common = {"steps": int(self.cfg["faithfulness_steps"]), "baseline": self.baseline}
+        common = {"steps": self.opts.faithfulness_steps, "baseline": self.baseline}
         predict = self.run.predictor.probs
         rng = self.run.ctx.rng("explain", self.dataset, "ties", name)
         deletion = deletion_auc(self.images, maps, self.targets, predict, rng=rng, **common)
@@ -302,34 +303,34 @@ class _Scorer:
         return {"faithfulness": self.random_faith, "cell_focus": self._focus(self.random_maps)}
 
     def score(self, name: str, maps) -> dict:
-        cfg, t0 = self.cfg, time.perf_counter()
+        opts, t0 = self.opts, time.perf_counter()
         faith = self._faithfulness(name, maps)
         faith["gain_vs_random"] = gain_over_random(
             faith["deletion"], faith["insertion"], self.random_faith["deletion"],
             self.random_faith["insertion"], rng=self.run.ctx.rng("explain", self.dataset,
                                                                  "boot", name),
-            n_boot=int(cfg["n_boot"]))
+            n_boot=opts.n_boot)
         entry = {"faithfulness": faith, "cell_focus": self._focus(maps), "sanity": None,
                  "stability": None, "flags": []}
         # Flag unless the whole 95% interval of the gain is above the minimum.
-        if not faith["gain_vs_random"]["low"] > float(cfg["faithfulness_min_gain"]):
+        if not faith["gain_vs_random"]["low"] > opts.faithfulness_min_gain:
             entry["flags"].append("not_better_than_random")
-        if cfg["sanity"] and name in cfg["sanity_methods"]:
+        if opts.sanity and name in opts.sanity_methods:
             entry["sanity"] = _guarded(self._sanity, name, maps)
             rho = entry["sanity"].get("spearman", float("nan"))
-            if _above(rho, float(cfg["sanity_max_correlation"])):
+            if _above(rho, opts.sanity_max_correlation):
                 entry["flags"].append("unchanged_by_randomisation")
-        if cfg["stability"] and name in cfg["stability_methods"] and cfg["stability_corruptions"]:
+        if opts.stability and name in opts.stability_methods and opts.stability_corruptions:
             entry["stability"] = _guarded(self._stability, name, maps)
             rho = entry["stability"].get("spearman", float("nan"))
-            if _above(float(cfg["stability_min_correlation"]), rho):
+            if _above(opts.stability_min_correlation, rho):
                 entry["flags"].append("unstable_under_corruption")
         self.run.usage[name]["evaluation_seconds"] += time.perf_counter() - t0
         return entry
 
     def _sanity(self, name: str, maps) -> dict:
         t0 = time.perf_counter()
-        picked = _spread(len(self.images), int(self.cfg["sanity_max_images"]))
+        picked = _spread(len(self.images), self.opts.sanity_max_images)
         twin = self.run.random_twin(name)
         randomised = twin.explain(self.images[picked], self.targets[picked])
         rho = rank_correlations(maps[picked], randomised)
@@ -338,10 +339,10 @@ class _Scorer:
 
     def _stability(self, name: str, maps) -> dict:
         t0 = time.perf_counter()
-        severity = int(self.cfg["stability_severity"])
+        severity = self.opts.stability_severity
         per = stability_correlations(
             self.run.explainers[name], self.images, self.targets, maps,
-            corruptions=list(self.cfg["stability_corruptions"]), severity=severity,
+            corruptions=list(self.opts.stability_corruptions), severity=severity,
             seed=self.run._seed(self.dataset, "stability"))
         self.run.timing["stability"] += time.perf_counter() - t0
         pooled = np.concatenate(list(per.values()))

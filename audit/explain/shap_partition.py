@@ -47,6 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from audit.explain.base import Explainer, register_explainer, seeded_global_numpy
+from audit.explain.config import ExplainOptions
 
 __all__ = ["ShapPartition", "blur_images", "leaf_values"]
 
@@ -105,10 +106,11 @@ class ShapPartition(Explainer):
         self._explainers: dict[tuple, object] = {}
 
     @classmethod
-    def from_config(cls, model, config: dict, *, seed: int, predictor=None) -> ShapPartition:
-        return cls(model, seed=seed, batch_size=int(config["shap_batch_size"]),
-                   max_evals=int(config["shap_max_evals"]),
-                   blur_fraction=float(config["shap_blur_fraction"]), predictor=predictor)
+    def from_config(cls, model, options: ExplainOptions, *, seed: int,
+                    predictor=None) -> ShapPartition:
+        return cls(model, seed=seed, batch_size=options.shap_batch_size,
+                   max_evals=options.shap_max_evals,
+                   blur_fraction=options.shap_blur_fraction, predictor=predictor)
 
     def _explainer(self, height: int, width: int):
         with warnings.catch_warnings():  # shap's import warns about its matplotlib colour maps

@@ -55,14 +55,14 @@ def embedding_use(cosine: float | None) -> str:
     return "unused" if cosine is None else "uninformative" if cosine > 1 else "used"
 
 
-def calibrated_thresholds(q: ComparedSet, r: ComparedSet, cfg: dict, rng: np.random.Generator) -> dict:
+def calibrated_thresholds(q: ComparedSet, r: ComparedSet, opts, rng: np.random.Generator) -> dict:
     """Hash and cosine thresholds for one comparison, tightened against the cross-class null
     (of at most `_NULL_SAMPLE` query images, so the null costs little on large sets)."""
-    max_rate, hash_max = float(cfg["max_null_rate"]), int(cfg["max_hash_distance"])
+    max_rate, hash_max = opts.max_null_rate, opts.max_hash_distance
     use_emb = q.embeddings is not None and r.embeddings is not None
-    out = {"hash": hash_max, "cosine": float(cfg["cosine_min"]) if use_emb else None,
+    out = {"hash": hash_max, "cosine": opts.cosine_min if use_emb else None,
            "n_null": 0, "null_hash_rate": None, "null_cosine_rate": None}
-    if not cfg["calibrate"]:
+    if not opts.calibrate:
         return out
     sample = subsample(len(q.labels), _NULL_SAMPLE, rng=rng)
     labels = q.labels[sample]
@@ -96,7 +96,7 @@ def nearest_pairs(q: ComparedSet, r: ComparedSet, same_set: bool, searches: dict
 
 
 def distrust_class_clustered_embeddings(thresholds: dict, set_level: dict | None,
-                                         cfg: dict) -> None:
+                                         opts) -> None:
     """Switch per-image embedding matching off where it would count classmates as copies.
 
     A trained classifier's penultimate features put every image close to its classmates, far
@@ -105,7 +105,7 @@ def distrust_class_clustered_embeddings(thresholds: dict, set_level: dict | None
     set-level test (classmates as the null) finds excess similarity; within one set there is no
     such test, so duplicates there are counted from identical files and hashes only.
     """
-    if embedding_use(thresholds["cosine"]) != "used" or not cfg["calibrate"]:
+    if embedding_use(thresholds["cosine"]) != "used" or not opts.calibrate:
         return  # no embeddings, or no calibration asked for: thresholds as configured
     trusted = (set_level is not None and set_level.get("signal") == "embedding"
                and set_level["counted_share"] > 0)
@@ -123,7 +123,7 @@ def match_pairs(q: ComparedSet, r: ComparedSet, thresholds: dict, same_set: bool
                         nearest=nearest)
 
 
-def comparison_summary(q: DatasetView, r: DatasetView, m: Matches, thresholds: dict, cfg: dict) -> dict:
+def comparison_summary(q: DatasetView, r: DatasetView, m: Matches, thresholds: dict, opts) -> dict:
     match, near = m.match_index, m.near_copy
     copies = np.flatnonzero(near)
     return {"n_with_copy": int(copies.size), "share": float(near.mean()) if near.size else 0.0,
@@ -133,7 +133,7 @@ def comparison_summary(q: DatasetView, r: DatasetView, m: Matches, thresholds: d
             "label_conflicts": int((q.labels[copies] != r.labels[match[copies]]).sum()),
             "nearest_hash_distance": _quartiles(m.hash_distance),
             "nearest_cosine": _quartiles(m.cosine),
-            "examples": _examples(q, r, m, int(cfg["max_examples"]))}
+            "examples": _examples(q, r, m, opts.max_examples)}
 
 
 def _examples(q: DatasetView, r: DatasetView, m: Matches, limit: int) -> list[dict]:

@@ -59,7 +59,7 @@ _BLOCK_ELEMENTS = 2**22  # query rows x references per similarity block (16 MB o
 _MIN_REFS = 10  # fewer references of a class: no score (its percentiles mean nothing)
 
 
-def estimate_set_level(q: ComparedSet, r: ComparedSet, thresholds: dict, cfg: dict,
+def estimate_set_level(q: ComparedSet, r: ComparedSet, thresholds: dict, opts,
                        rng: Callable[..., np.random.Generator], groups: np.ndarray | None,
                        within: dict[str, np.ndarray], nearest_pair: dict) -> tuple[dict, dict]:
     """The set-level estimate for each signal (angular embedding similarity when embeddings
@@ -74,7 +74,7 @@ def estimate_set_level(q: ComparedSet, r: ComparedSet, thresholds: dict, cfg: di
         # a close class's similarities (left skew) but not a distant class's.
         signals = {"embedding": _excess_scorer(lambda i, j: -np.arccos(np.clip(
             q_unit[i] @ r_unit[j].T, -1.0, 1.0)), min_spread=1e-6), **signals}
-    quantile = float(cfg["set_level_quantile"])
+    quantile = opts.set_level_quantile
     by_signal, arrays = {}, {}
     for signal, nearest in signals.items():
         # One subset of references for every signal: the same rng keys.
@@ -82,12 +82,12 @@ def estimate_set_level(q: ComparedSet, r: ComparedSet, thresholds: dict, cfg: di
                                                rng=rng("subset"),
                                                max_refs=SET_LEVEL_MAX_REFS)
         by_signal[signal] = cap_share(set_level_share(
-            observed, null, quantile=quantile, n_boot=int(cfg["n_boot"]),
+            observed, null, quantile=quantile, n_boot=opts.n_boot,
             rng=rng("boot", signal), groups=groups,
-            min_n=int(cfg["set_level_min_n"])), _closer_in_reference(signal, within, nearest_pair))
+            min_n=opts.set_level_min_n), _closer_in_reference(signal, within, nearest_pair))
         arrays[f"{signal}_same_class"], arrays[f"{signal}_other_class"] = observed, null
     primary = by_signal[next(iter(by_signal))]
-    significant = primary["p_value"] is not None and primary["p_value"] < cfg["set_level_alpha"]
+    significant = primary["p_value"] is not None and primary["p_value"] < opts.set_level_alpha
     return ({**primary, "signal": next(iter(by_signal)),
              "counted_share": float(primary["low"]) if significant else 0.0,
              "method": _SET_METHOD.format(q=quantile), "signals": by_signal}, arrays)
