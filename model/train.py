@@ -37,7 +37,8 @@ from dataclasses import dataclass, replace
 import keras
 import numpy as np
 
-from audit.data import Dataset, load_image
+from audit.data import Dataset
+from audit.decode import load_image
 from model.augment import make_augmenter
 from model.config import AugmentConfig, TrainConfig
 
