@@ -182,7 +182,7 @@ def _read_batch(batch_paths: list[str], size: int, resize: str
     """Decode a batch; an unreadable file is reported in its row, not dropped. Also the
     readable files' (widths, heights) on disk, read from the header in the same open as the
     pixels: each file is opened once."""
-    from audit.data import load_image_with_size
+    from audit.decode import load_image_with_size
 
     problems: list[str | None] = []
     images, stored = [], []

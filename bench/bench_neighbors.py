@@ -100,7 +100,8 @@ def set_level_cap(seed: int) -> None:
     """The leakage set-level estimate with K capped below the references per class: 4
     isotropic Gaussian classes of 4,000 references (64-d), 1,000 queries of which 40% are
     copies of a reference of their class (noise 0.1 against a class spread of 1)."""
-    from audit.leakage.duplicates import class_matched_nearest, unit_rows
+    from audit.leakage.duplicates import unit_rows
+    from audit.leakage.nulls import class_matched_nearest
     from audit.leakage.set_level import _excess_scorer, excess_share
 
     rng = np.random.default_rng(seed)

@@ -104,9 +104,9 @@ def one_run(engine_name: str, workers: int, model: str, manifest: str) -> dict:
     engine = make_engine(engine_name, workers=workers if engine_name == "ray" else None)
     first = {}
     if engine_name == "ray":  # when the first outputs reach the driver
-        import audit.engines.ray_data as rd
+        from audit.engines.shards import ShardWriter
 
-        add = rd._ShardWriter.add
+        add = ShardWriter.add
 
         def timed_add(self, batch):
             t = time.perf_counter()
@@ -114,7 +114,7 @@ def one_run(engine_name: str, workers: int, model: str, manifest: str) -> dict:
             out = add(self, batch)
             first["write_s"] = first.get("write_s", 0.0) + time.perf_counter() - t
             return out
-        rd._ShardWriter.add = timed_add
+        ShardWriter.add = timed_add
     else:
         import audit.inference as pr
 
@@ -154,7 +154,7 @@ def driver_write_rate(dim: int, n_blocks: int = 300, batch: int = 64) -> dict:
     """How fast the Ray engine's driver absorbs returned batches of real shape (`dim`-d
     embeddings, 5 classes, 8 hashes, 6 properties): the images per second at which one
     driver becomes the bottleneck, whatever the number of workers."""
-    from audit.engines.ray_data import _ShardWriter
+    from audit.engines.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     blocks = [{"index": np.arange(b * batch, (b + 1) * batch),
@@ -163,7 +163,7 @@ def driver_write_rate(dim: int, n_blocks: int = 300, batch: int = 64) -> dict:
                "phash": rng.integers(0, 2**63, (batch, 8), dtype=np.uint64),
                **{f"prop_{k}": rng.random(batch) for k in range(6)}} for b in range(n_blocks)]
     with tempfile.TemporaryDirectory() as tmp:
-        writer = _ShardWriter(Path(tmp), n_blocks * batch)
+        writer = ShardWriter(Path(tmp), n_blocks * batch)
         t0 = time.perf_counter()
         for block in blocks:
             writer.add(block)

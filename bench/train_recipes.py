@@ -82,7 +82,8 @@ def diagnose_worker(work: Path, batchnorm: str, size: int, out: Path) -> None:
     from audit.labels import load_label_map
     from model.augment import AugmentConfig
     from model.build import backbone_of
-    from model.train import TrainConfig, make_input_pipeline, train_classifier
+    from model.pipeline import make_input_pipeline
+    from model.train import TrainConfig, train_classifier
 
     split = write_split(work)
     label_map = load_label_map(LABEL_MAPS[5])
@@ -140,7 +141,8 @@ def sensitivity_worker(work: Path, size: int, out: Path) -> None:
     from audit.labels import load_label_map
     from model.build import backbone_of
     from model.config import make_config
-    from model.train import _compile, _unfreeze_top, make_input_pipeline, train_classifier
+    from model.pipeline import make_input_pipeline
+    from model.train import _compile, _unfreeze_top, train_classifier
 
     split = write_split(work)
     label_map = load_label_map(LABEL_MAPS[5])
@@ -570,7 +572,8 @@ def pipeline_worker(work: Path, size: int, out: Path) -> None:
     from audit.labels import load_label_map
     from model.build import backbone_of, build_classifier
     from model.config import make_config
-    from model.train import _compile, _unfreeze_top, make_input_pipeline, seed_everything
+    from model.pipeline import make_input_pipeline
+    from model.train import _compile, _unfreeze_top, seed_everything
 
     seed_everything(0)
     split = write_split(work)

@@ -1,12 +1,12 @@
 """A model ready to audit: the network, its input contract, and one forward function.
 
 `load_model(path, declared)` reads any supported format (`model.formats`), resolves the input
-contract from what was declared (options, a sidecar file beside the model, CellAudit metadata
-inside it) and what the model itself says (input shape, a scaling layer at its start, a final
-softmax), and refuses an incomplete or inconsistent contract with one line naming the option
-to use. `LoadedModel.forward` is the only way any part of CellAudit feeds the model: raw RGB
-pixels 0-255 at the input size in, (logits, embedding) out, the contract's scaling applied
-inside.
+contract (`model.contract_sources`) from what was declared (options, a sidecar file beside
+the model, CellAudit metadata inside it) and what the model itself says (input shape, a
+scaling layer at its start, a final softmax), and refuses an incomplete or inconsistent
+contract with one line naming the option to use. `LoadedModel.forward` is the only way any
+part of CellAudit feeds the model: raw RGB pixels 0-255 at the input size in, (logits,
+embedding) out, the contract's scaling applied inside.
 
 Logits are the pre-activation of the classifier's last Dense layer when nothing but a softmax
 follows it (true logits, so energy scores mean something); otherwise the log of the output
@@ -28,15 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import InputError, UsageError
-from model.contract import CONTRACT_KEYS, InputContract, scale_images
+from model.contract import InputContract, scale_images
+from model.contract_sources import (
+    embedded_metadata,
+    read_json_object,
+    resolve_contract,
+    sidecar_path,
+)
 
 __all__ = ["ContractOptions", "LoadedModel", "load_model", "from_keras_model", "as_loaded",
-           "ModelFile", "read_model_file",
-           "sidecar_path", "GraphUnavailable", "CELLAUDIT_IMPLIED", "classes_from_folder"]
-
-# What CellAudit's own models (metadata format cellaudit-model/1, before contracts were
-# recorded) always did: raw 0-255 RGB, centre crop, scaling inside the model.
-CELLAUDIT_IMPLIED = {"preprocess": "none", "resize": "crop", "channel_order": "RGB"}
+           "ModelFile", "read_model_file", "GraphUnavailable", "classes_from_folder"]
 
 
 class GraphUnavailable(Exception):
@@ -80,12 +81,6 @@ def classes_from_folder(folder: str | os.PathLike) -> tuple[str, ...]:
         raise UsageError(f"--classes-from '{folder}' has {len(names)} class sub-folder(s); "
                          "expected one sub-folder per class")
     return tuple(names)
-
-
-def sidecar_path(model_path: str | os.PathLike) -> Path:
-    """`<model>.json` beside the model (for a SavedModel folder, beside the folder)."""
-    path = Path(model_path)
-    return path.with_name(path.name + ".json")
 
 
 @dataclass
@@ -279,106 +274,6 @@ def _passes_logits(layer) -> bool:
     return False
 
 
-# -- loading and resolving the contract ------------------------------------------------------
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read {what} '{path}': {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} '{path}' is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{what} '{path}' must hold a JSON object, received "
-                         f"{type(data).__name__}")
-    return data
-
-
-def _embedded_metadata(path: Path, fmt: str) -> dict:
-    if fmt != "keras":
-        return {}
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        if "cellaudit.json" not in archive.namelist():
-            return {}
-        try:
-            return json.loads(archive.read("cellaudit.json"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"model '{path}': metadata is not valid JSON: {exc}") from exc
-
-
-def _contract_fields(data: dict, source: str) -> dict:
-    """The contract fields a sidecar or metadata dict declares, as {field: (value, source)}."""
-    out = {}
-    nested = data.get("input_contract") if isinstance(data.get("input_contract"), dict) else {}
-    for key in CONTRACT_KEYS:
-        value = nested.get(key, data.get(key))
-        if value is not None and key != "output":
-            out[key] = (value, source)
-    if data.get("format", "").startswith("cellaudit-model/") and not nested:
-        out.update({k: (v, "metadata (CellAudit model)") for k, v in CELLAUDIT_IMPLIED.items()
-                    if k not in out})
-    return out
-
-
-def resolve_contract(*, declared: dict, sidecar: dict, metadata: dict, input_shape: tuple,
-                     own_scaling: str | None, output_kind: str, where: str,
-                     fallback: dict | None = None) -> InputContract:
-    """One contract from every source, highest priority first: options, sidecar, metadata,
-    then what the model shows. Incomplete -> UsageError naming the option to add."""
-    fields_ = {**_contract_fields(metadata, "metadata"), **_contract_fields(sidecar, "sidecar"),
-               **{k: (v, "option") for k, v in declared.items()}}
-    height, width = (input_shape[1], input_shape[2]) if len(input_shape) == 4 else (None, None)
-    if height is not None and height == width:
-        shape_size = int(height)
-        if "input_size" in fields_ and int(fields_["input_size"][0]) != shape_size:
-            raise UsageError(f"--input-size {fields_['input_size'][0]} ({fields_['input_size'][1]}) "
-                             f"does not match model '{where}', whose input is {shape_size} x "
-                             f"{shape_size} pixels")
-        fields_.setdefault("input_size", (shape_size, "model input shape"))
-    elif height is not None and width is not None:
-        raise InputError(f"model '{where}' takes {height} x {width} images; CellAudit audits "
-                         "models with square inputs")
-    if own_scaling is not None:
-        declared_pp = fields_.get("preprocess")
-        if declared_pp is None:
-            fields_["preprocess"] = ("none", f"model graph (starts with '{own_scaling}')")
-    for key, value in (fallback or {}).items():
-        fields_.setdefault(key, (value, "candidate"))
-    fields_.setdefault("resize", ("crop", "default"))
-    fields_.setdefault("channel_order", ("RGB", "default"))
-    missing = []
-    if "class_names" not in fields_:
-        missing.append("class names (--classes a,b,c in output order, or --classes-from DIR: "
-                       "the sorted sub-folders Keras' directory loaders use)")
-    if "input_size" not in fields_:
-        missing.append("the input size (--input-size PX; the model's input shape does not fix it)")
-    if "preprocess" not in fields_:
-        missing.append("the pixel scaling (--preprocess none|unit|symmetric|caffe|torch; the "
-                       "model does not start with its own Rescaling/Normalization layer)")
-    if missing:
-        raise UsageError(f"model '{where}': the input contract is incomplete: "
-                         + "; ".join(missing) + ". `audit inspect MODEL --data DIR --write` "
-                         "finds and saves them")
-    classes = fields_["class_names"][0]
-    if isinstance(classes, str):
-        from model.contract import parse_classes
-
-        classes = parse_classes(classes)
-    try:
-        size = int(fields_["input_size"][0])
-    except (TypeError, ValueError):
-        raise UsageError(f"input_size ({fields_['input_size'][1]}) must be a whole number, "
-                         f"received {fields_['input_size'][0]!r}") from None
-    contract = InputContract(
-        class_names=tuple(str(c) for c in classes), input_size=size,
-        preprocess=fields_["preprocess"][0], resize=fields_["resize"][0],
-        channel_order=str(fields_["channel_order"][0]).upper(), output=output_kind,
-        sources={k: v[1] for k, v in fields_.items()} | {"output": "model outputs"})
-    return contract
-
-
 @dataclass
 class ModelFile:
     """A model file read but not yet given a contract: what `audit inspect` looks at."""
@@ -418,9 +313,9 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 
     path = Path(path)
     fmt = detect_format(path)
-    metadata = _embedded_metadata(path, fmt)
+    metadata = embedded_metadata(path, fmt)
     side = sidecar_path(path)
-    sidecar = _read_json(side, "sidecar") if side.is_file() else {}
+    sidecar = read_json_object(side, "sidecar") if side.is_file() else {}
     if fmt == "savedmodel":
         layer, endpoint, shape = load_saved_model(path)
         output_kind, n_outputs = _probe_outputs(layer, shape)

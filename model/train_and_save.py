@@ -193,7 +193,7 @@ def target_sample(target: Dataset, n_per_class: int, *, seed: int
 def _finetune_on_target(model, dataset, train_idx, val_source, val_idx, target, *, config,
                         n_per_class, epochs, verbose):
     from audit.progress import status
-    from model.train import make_input_pipeline
+    from model.pipeline import make_input_pipeline
 
     if tuple(target.class_names) != tuple(dataset.class_names):
         raise UsageError(f"--finetune-on '{target.root}' has classes "

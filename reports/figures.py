@@ -1,5 +1,9 @@
 """Figures of the audit report: matplotlib (Agg) drawn from audit.json values and artifact arrays.
 
+One module over 400 lines because every figure is a short pure function on the shared
+palette, markers, style and PNG encoding defined at its top; a section imports the few it
+draws, and one file keeps the figures' look consistent.
+
 Every figure function returns a `Figure(uri, alt)`: a base64 PNG data URI (so the report is
 one self-contained file) and the alt text, which states what the figure shows with its key
 numbers. Functions return None when there is nothing to draw. Colours are the Okabe-Ito

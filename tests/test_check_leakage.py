@@ -13,12 +13,8 @@ from conftest import logits_for, make_context, make_view
 
 from audit.checks.leakage import LeakageCheck
 from audit.leakage.accuracy import accuracy_by_copy, leak_gap_share
-from audit.leakage.duplicates import (
-    class_matched_nearest,
-    exact_matches,
-    file_digests,
-    find_matches,
-)
+from audit.leakage.duplicates import exact_matches, file_digests, find_matches
+from audit.leakage.nulls import class_matched_nearest
 from audit.leakage.set_level import (
     cap_share,
     closer_in_reference,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audit.data import fingerprint, iter_batches, load_dataset, load_image
+from audit.data import fingerprint, iter_batches, load_dataset
+from audit.decode import load_image
 from audit.errors import InputError
 from audit.labels import LabelMap, load_label_map
 

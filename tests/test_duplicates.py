@@ -12,10 +12,6 @@ from audit.data import load_dataset
 from audit.imaging import perceptual_hash
 from audit.leakage.duplicates import (
     NO_MATCH_DISTANCE,
-    calibrated_cosine_threshold,
-    calibrated_hash_threshold,
-    class_matched_nearest,
-    cross_class_null,
     dihedral_hashes,
     dihedral_transforms,
     find_matches,
@@ -25,6 +21,12 @@ from audit.leakage.duplicates import (
     near_duplicate_groups,
     nearest_embedding_matches,
     nearest_hash_matches,
+)
+from audit.leakage.nulls import (
+    calibrated_cosine_threshold,
+    calibrated_hash_threshold,
+    class_matched_nearest,
+    cross_class_null,
 )
 
 

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.leakage.duplicates import (
-    class_matched_nearest,
-    nearest_embedding_matches,
-    nearest_hash_matches,
-)
+from audit.leakage.duplicates import nearest_embedding_matches, nearest_hash_matches
 from audit.leakage.neighbors import nearest_cosine, nearest_hamming
+from audit.leakage.nulls import class_matched_nearest
 
 
 def _embeddings(n_refs=3000, n_queries=600, dim=64, seed=0):

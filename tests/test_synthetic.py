@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audit import cli, synthetic
+from audit import cli
 from audit.synthetic import (
     CLASSES,
     REFERENCE_SITE,
@@ -19,6 +19,7 @@ from audit.synthetic import (
     SiteDomain,
     generate,
     render_cell,
+    sites,
     write_site,
 )
 
@@ -224,7 +225,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(synthetic, "render_cell", explode)
+    monkeypatch.setattr(sites, "render_cell", explode)  # as write_site looks it up
     with pytest.raises(RuntimeError):
         write_site(tmp_path / "out", n_images=5, size=16)
     assert list(tmp_path.iterdir()) == []

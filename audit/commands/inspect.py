@@ -56,7 +56,8 @@ def recommend(scores: list, declared: dict, n: int):
 
 def run(args: argparse.Namespace) -> int:
     from audit.errors import UsageError
-    from model.loaded import read_model_file, sidecar_path
+    from model.contract_sources import sidecar_path
+    from model.loaded import read_model_file
 
     if args.write and not args.data:
         raise UsageError("--write needs --data: the contract to save is found by testing it on "

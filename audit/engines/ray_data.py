@@ -9,7 +9,7 @@
     driver: each returned block is written as one Parquet shard (every output but the
             embeddings, with the image index) plus its rows of a memory-mapped
             `embeddings.npy` (the embeddings' only copy), in a staging folder renamed into the
-            cache when every image came back exactly once.
+            cache when every image came back exactly once (`audit.engines.shards`).
 
 A batch of the Ray pipeline is the local engine's batch (`batch_size` images from the same
 first index), so every image goes through the same forward pass in the same company and both
@@ -26,7 +26,6 @@ cache stays on the driver.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -38,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from audit.engines.shards import DONE_FILE, ShardWriter, check_all, check_once, read_shards
 from audit.errors import UsageError
 
-__all__ = ["RayEngine", "read_shards", "SHARD_FOLDER_SUFFIX"]
+__all__ = ["RayEngine", "SHARD_FOLDER_SUFFIX"]
 
 SHARD_FOLDER_SUFFIX = ".ray"
 _SCAN_BLOCK = 256            # paths per scan task
-_DONE = "done.json"
 
 
 def _require_ray():
@@ -152,11 +151,11 @@ class RayEngine:
         seen = np.zeros(len(paths), bool)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             idx = np.asarray(batch["index"], np.int64)
-            _check_once(seen, idx)
+            check_once(seen, idx)
             for i, reason, w, h in zip(idx, batch["reason"], batch["width"], batch["height"],
                                        strict=True):
                 scanned[i] = (str(reason) or None, (int(w), int(h)) if w >= 0 else None)
-        _check_all(seen)
+        check_all(seen)
         return scanned
 
     def outputs(self, datasets: dict, *, predictor, cache_dir, cell_size_images: int) -> dict:
@@ -169,7 +168,7 @@ class RayEngine:
             if cache_dir is not None:
                 key = cache_key(predictor, dataset, cell_size_images)
                 folder = Path(cache_dir) / f"outputs-{key}{SHARD_FOLDER_SUFFIX}"
-                if (folder / _DONE).is_file():
+                if (folder / DONE_FILE).is_file():
                     results[name] = read_shards(folder, from_cache=True)
                     continue
             todo[name] = (dataset, folder, cell_size_sample(dataset, cell_size_images))
@@ -224,7 +223,7 @@ class RayEngine:
                 fn_constructor_kwargs={"model": model,
                                        "contract": _contract_fields(predictor.contract),
                                        "batch_size": size})
-            writers = [_ShardWriter(staging[name], len(todo[name][0])) for name in names]
+            writers = [ShardWriter(staging[name], len(todo[name][0])) for name in names]
             desc = f"predict {', '.join(names)} (ray)"
             for batch in progress(ds.iter_batches(batch_size=None, batch_format="numpy"),
                                   desc=desc, total=len(blocks), unit="batch"):
@@ -337,98 +336,3 @@ def _unpack_model(blob: bytes, name: str, where: Path) -> Path:
     with zipfile.ZipFile(io.BytesIO(blob)) as archive:
         archive.extractall(path)
     return path
-
-
-# -- shards on the driver --------------------------------------------------------------------
-
-def _check_once(seen: np.ndarray, idx: np.ndarray) -> None:
-    if seen[idx].any():
-        raise RuntimeError(f"image index {int(idx[seen[idx]][0])} came back twice from the Ray "
-                           "pipeline; outputs discarded")
-    seen[idx] = True
-
-
-def _check_all(seen: np.ndarray) -> None:
-    if not seen.all():
-        raise RuntimeError(f"{int((~seen).sum())} image(s) never came back from the Ray pipeline "
-                           f"(first index {int(np.flatnonzero(~seen)[0])}); outputs discarded")
-
-
-def _column(values: np.ndarray):
-    """A NumPy column as Arrow: 2-D arrays as fixed-size lists (plain Parquet, any reader)."""
-    import pyarrow as pa
-
-    values = np.ascontiguousarray(values)
-    if values.ndim == 1:
-        return pa.array(values)
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-
-
-class _ShardWriter:
-    """Parquet shard per block, embeddings into a memory map; every index exactly once.
-
-    The embeddings go only into the memory map, which is what `read_shards` reads: a copy in
-    the shards would never be read (5 KB per image for MobileNetV2, 5 GB per million)."""
-
-    def __init__(self, folder: Path, n_images: int):
-        self.folder, self.n = folder, n_images
-        self.seen = np.zeros(n_images, bool)
-        self.embeddings = None
-        self.n_shards = 0
-
-    def add(self, batch: dict) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        idx = np.asarray(batch["index"], np.int64)
-        if idx.size == 0:
-            return
-        _check_once(self.seen, idx)
-        emb = np.asarray(batch["embeddings"], np.float32)
-        if self.embeddings is None:
-            self.embeddings = np.lib.format.open_memmap(
-                self.folder / "embeddings.npy", mode="w+", dtype=np.float32,
-                shape=(self.n, emb.shape[1]))
-        self.embeddings[idx] = emb
-        table = pa.table({k: _column(np.asarray(v)) for k, v in batch.items()
-                          if k != "embeddings"})
-        pq.write_table(table, self.folder / f"part-{int(idx.min()):010d}.parquet")
-        self.n_shards += 1
-
-    def close(self) -> None:
-        _check_all(self.seen)
-        self.embeddings.flush()
-        del self.embeddings
-        (self.folder / _DONE).write_text(json.dumps({"n_images": self.n,
-                                                     "n_shards": self.n_shards}))
-
-
-def read_shards(folder: Path, *, from_cache: bool, in_memory: bool = False):
-    """`DatasetOutputs` from a shard folder (through `assemble_outputs`, like every cache):
-    every column read into memory in image order, the embeddings memory-mapped
-    (`in_memory`: copied)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from audit.inference import assemble_outputs
-
-    folder = Path(folder)
-    n = json.loads((folder / _DONE).read_text())["n_images"]
-    arrays: dict[str, np.ndarray] = {}
-    for shard in sorted(folder.glob("part-*.parquet")):
-        table = pq.read_table(shard)
-        idx = table.column("index").to_numpy()
-        for name in table.column_names:
-            if name in ("index", "embeddings"):  # older caches also kept the embeddings here
-                continue
-            column = table.column(name).combine_chunks()
-            if pa.types.is_fixed_size_list(column.type):
-                values = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
-            else:
-                values = column.to_numpy(zero_copy_only=False)
-            if name not in arrays:
-                arrays[name] = np.empty((n, *values.shape[1:]), values.dtype)
-            arrays[name][idx] = values
-    embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
-    arrays["embeddings"] = np.array(embeddings) if in_memory else embeddings
-    return assemble_outputs([arrays], from_cache=from_cache)

@@ -1,6 +1,10 @@
 """`explain_audit(ctx)`: explain selected images of every evaluated set with every method, score
 the maps (faithfulness vs random, sanity, cell focus, stability), store them, return the dict
 that audit.json keeps under "explanations" (layout: docs in `explain_audit`).
+
+One module over 400 lines because the run (`_Run`), its scoring (`_Scorer`) and the verdict
+and summary all read and write the one "explanations" layout that `explain_audit` documents;
+split, that layout would be spread over several files.
 """
 
 from __future__ import annotations

@@ -18,15 +18,17 @@ import numpy as np
 
 from audit.leakage.duplicates import (
     Matches,
-    calibrated_cosine_threshold,
-    calibrated_hash_threshold,
-    cross_class_null,
     file_digests,
     find_matches,
     nearest_embedding_matches,
     nearest_hash_matches,
 )
 from audit.leakage.neighbors import nearest_cosine, nearest_hamming
+from audit.leakage.nulls import (
+    calibrated_cosine_threshold,
+    calibrated_hash_threshold,
+    cross_class_null,
+)
 from audit.sampling import subsample
 
 if TYPE_CHECKING:

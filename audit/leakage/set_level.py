@@ -41,8 +41,9 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from audit.leakage.duplicates import class_matched_nearest, hash_distances, unit_rows
+from audit.leakage.duplicates import hash_distances, unit_rows
 from audit.leakage.neighbors import SET_LEVEL_MAX_REFS
+from audit.leakage.nulls import class_matched_nearest
 from audit.leakage.pairing import ComparedSet, embedding_use
 from audit.stats import bootstrap_ci
 
