@@ -24,6 +24,7 @@ from itertools import product
 import numpy as np
 from scipy.stats import binomtest
 
+from audit import seeds
 from audit.data import Dataset, read_images
 from audit.errors import UsageError
 from audit.sampling import stratified_subsample
@@ -113,7 +114,7 @@ def score_candidates(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES
     by a first call on the same sample) keeps its decoded images and scores, so widening the
     grid decodes and predicts only what is new."""
     contract = loaded.contract
-    idx = stratified_subsample(dataset.labels, n_images, rng=np.random.default_rng([seed, 7]))
+    idx = stratified_subsample(dataset.labels, n_images, rng=seeds.rng(seed, "contract_check"))
     paths = [dataset.paths[i] for i in idx]
     labels = dataset.labels[idx]
     declared = (contract.preprocess, contract.resize, contract.channel_order)

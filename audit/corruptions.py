@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 from scipy.signal import fftconvolve
 
+from audit import seeds
+
 __all__ = ["CORRUPTIONS", "SEVERITIES", "SEVERITY_PARAMS", "corrupt"]
 
 SEVERITY_PARAMS: dict[str, tuple] = {
@@ -153,7 +155,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, seed: int) -> np.nd
     """A corrupted uint8 copy of `images` (N, H, W, 3) with corruption `name` at `severity` 1-5.
 
     Deterministic: the random draws (noise, stain direction, blur angle) come from
-    `np.random.default_rng([seed, index of name, severity])`, so corruptions never share noise.
+    `audit.seeds.rng(seed, "corruption", name, severity)`, so corruptions never share noise.
     """
     if name not in _FUNCTIONS:
         raise ValueError(f"unknown corruption {name!r}; expected one of: {', '.join(CORRUPTIONS)}")
@@ -166,6 +168,6 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, seed: int) -> np.nd
         raise ValueError(f"images must be a uint8 array of shape (N, H, W, 3), got {got}")
     if images.size == 0:
         return images.copy()
-    rng = np.random.default_rng([int(seed), CORRUPTIONS.index(name), int(severity)])
+    rng = seeds.rng(int(seed), "corruption", name, int(severity))
     out = _FUNCTIONS[name](images, SEVERITY_PARAMS[name][int(severity) - 1], rng)
     return out if out.dtype == np.uint8 else np.clip(np.rint(out), 0, 255).astype(np.uint8)

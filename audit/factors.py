@@ -31,6 +31,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats import mannwhitneyu
 
+from audit import seeds
 from audit.imaging import white_cell_mask
 from audit.stain import (
     MacenkoStains,
@@ -591,15 +592,10 @@ def fit_factors(source: SetSample, target: SetSample, names: Sequence[str], *,
 
 # ---- applying -----------------------------------------------------------------------------------
 
-def _factor_seed(seed: int, factor: Factor) -> int:
-    key = IMAGE_FACTORS.index(factor.name)
-    return int(np.random.SeedSequence([seed, key]).generate_state(1)[0])
-
-
 def step(factor: Factor, images: np.ndarray, masks: np.ndarray | None, *, seed: int = 0
          ) -> tuple[np.ndarray, np.ndarray | None]:
     """(images, masks) after one factor; the factor's randomness comes from (seed, factor)."""
-    out = factor.apply(images, masks=masks, seed=_factor_seed(seed, factor))
+    out = factor.apply(images, masks=masks, seed=seeds.child_seed(seed, "factor", factor.name))
     return out, (None if masks is None else factor.warp_masks(masks))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audit import seeds
 from audit.atomic import OutputError, atomic_path
 from audit.data import Dataset, iter_batches
 from audit.progress import progress
@@ -24,7 +25,8 @@ __all__ = ["DatasetOutputs", "Predictor", "batch_outputs", "compute_outputs", "p
            "assemble_outputs", "softmax",
            "cell_size_sample", "cache_key", "CACHE_VERSION"]
 
-CACHE_VERSION = "5"  # 5: usability properties and sizes on disk (safety flags)
+CACHE_VERSION = "6"  # 5: usability properties and sizes on disk (safety flags); 6: the
+# cell_size sample drawn through audit.seeds
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,10 @@ def cell_size_sample(dataset: Dataset, max_images: int) -> np.ndarray:
     if max_images <= 0 or max_images >= len(dataset):
         selected[:] = True
         return selected
-    seed = int.from_bytes(hashlib.sha256(dataset.fingerprint.encode()).digest()[:8], "little")
+    # Named by the dataset's fingerprint under a fixed seed 0, not the audit seed: the sample is
+    # part of the cached per-image outputs, whose cache key holds no audit seed.
     selected[stratified_subsample(dataset.labels, max_images,
-                                  rng=np.random.default_rng(seed))] = True
+                                  rng=seeds.rng(0, "cell_size", dataset.fingerprint))] = True
     return selected
 
 

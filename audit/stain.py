@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audit import seeds
+
 __all__ = ["rgb_to_lab", "lab_to_rgb", "ReinhardStats", "reinhard_transfer", "MacenkoStains",
            "macenko_normalize", "optical_density", "REFERENCE_STAINS",
            "REFERENCE_MAX_CONCENTRATIONS"]
@@ -77,7 +79,7 @@ def _pixel_sample(image: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
 
 
 def _pooled_pixels(images, pixels_per_image: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, "stain_pixels")
     parts = [_pixel_sample(im, pixels_per_image, rng) for batch in _batches(images) for im in batch]
     return np.concatenate(parts) if parts else np.zeros((0, 3), np.uint8)
 

@@ -10,7 +10,6 @@ ERROR result, so one broken check never stops the others.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from audit import seeds
 from audit.data import Dataset
 from audit.inference import DatasetOutputs
 from audit.results import CheckResult
@@ -133,9 +133,13 @@ class AuditContext:
         return REGISTRY[name].options_from(self.check_config(name))
 
     def rng(self, *keys: object) -> np.random.Generator:
-        """A generator seeded from the audit seed and `keys`: stable across check order."""
-        digest = hashlib.sha256("|".join(map(str, keys)).encode()).digest()
-        return np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+        """A generator seeded from the audit seed and `keys`: stable across check order
+        (audit.seeds.rng)."""
+        return seeds.rng(self.seed, *keys)
+
+    def child_seed(self, *keys: object) -> int:
+        """An int seed for code that takes one, from the audit seed and `keys`."""
+        return seeds.child_seed(self.seed, *keys)
 
     def save_artifact(self, name: str, **arrays: np.ndarray) -> str:
         """Write a compressed npz under artifacts/ and return its path relative to the output."""

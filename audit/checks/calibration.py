@@ -153,7 +153,7 @@ def fold_averaged_metrics(logits: np.ndarray, labels: np.ndarray, folds: np.ndar
 def reference_folds(ctx: AuditContext, k: int) -> np.ndarray | None:
     """The reference's cross-fitting folds: the same for every check that cross-fits."""
     ref = ctx.reference
-    seed = int(ctx.rng("crossfit", ref.name).integers(2 ** 31))
+    seed = ctx.child_seed("crossfit", ref.name)
     return crossfit_folds(ref.labels, k=k, seed=seed, groups=ref.groups)
 
 

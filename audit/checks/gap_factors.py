@@ -24,6 +24,7 @@ from math import factorial
 
 import numpy as np
 
+from audit import seeds
 from audit.checks.base import AuditContext, Check, DatasetView, register
 from audit.data import Dataset, iter_batches
 from audit.drift import subsample
@@ -134,10 +135,6 @@ def subset_label(subset: int, names: list[str]) -> str:
 
 # ---- forward passes -----------------------------------------------------------------------------
 
-def _batch_seed(seed: int, first: int) -> int:
-    return int(np.random.SeedSequence([seed, first]).generate_state(1)[0])
-
-
 def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image_size: int,
                        resize: str, batch_size: int, seed: int,
                        base_predictions: np.ndarray | None = None,
@@ -154,7 +151,7 @@ def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image
     n_batches = -(-len(dataset) // batch_size)
     batches = iter_batches(dataset, image_size=image_size, resize=resize, batch_size=batch_size)
     for images, indices in progress(batches, desc=desc, total=n_batches, unit="batch"):
-        batch_seed = _batch_seed(seed, int(indices[0]))
+        batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
         masks = factors.masks(images) if factors.needs_masks else None
         stack = [(0, 0, images, masks)]
         while stack:
@@ -297,7 +294,7 @@ class GapFactorsCheck(Check):
         fitted, arrays, examples, n_forward = {}, {}, {}, 0
         for direction in directions:
             source_view, idx, source, target = sets[direction]
-            seed = int(ctx.rng(self.seed_name, view.name, direction).integers(2 ** 31))
+            seed = ctx.child_seed(self.seed_name, view.name, direction)
             factors = fit_factors(source, target, image_names, color_method=opts.color_method,
                                   allow_sharpen=opts.allow_sharpen, seed=seed,
                                   segment_in="target" if direction == "undo" else "source")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from audit import seeds
 from audit.checks.base import AuditContext, Check, register
 from audit.checks.calibration import expected_calibration_error
 from audit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
@@ -27,10 +28,6 @@ __all__ = ["RobustnessCheck", "stratified_subsample", "corrupted_probs", "row_co
 
 
 _COPIES_PER_CALL = 2
-
-
-def _seed(base: int, *keys: int) -> int:
-    return int(np.random.SeedSequence([base, *keys]).generate_state(1)[0])
 
 
 def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
@@ -49,7 +46,7 @@ def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
     group = _COPIES_PER_CALL
     for images, indices in iter_batches(dataset, image_size=image_size, resize=resize,
                                         batch_size=batch_size):
-        batch_seed = _seed(seed, int(indices[0]))
+        batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
         for first in range(0, len(combos), group):
             part = combos[first:first + group]
             corrupted = map_chunks(
@@ -143,7 +140,7 @@ class RobustnessCheck(Check):
         probs, n_forward = corrupted_probs(
             subset, ctx.predictor, names, severities, image_size=ctx.image_size, resize=ctx.resize,
             batch_size=opts.batch_size,
-            seed=int(ctx.rng(self.name, "noise").integers(2 ** 31)))
+            seed=ctx.child_seed(self.name, "noise"))
         artifact = ctx.save_artifact("robustness_predictions", indices=idx, labels=labels,
                                      corruptions=np.array(names), severities=np.array(severities),
                                      probs=probs, clean_probs=clean.astype(np.float32))

@@ -237,7 +237,7 @@ class ShiftCheck(Check):
         embedding = mmd_permutation_test(x, y, n_perm=opts.n_perm,
                                          rng=ctx.rng(self.name, view.name, "mmd"))
         embedding.update(n_ref=len(x), n_shifted=len(y), domain_auc=domain_classifier_auc(
-            x, y, seed=int(ctx.rng(self.name, view.name, "auc").integers(2 ** 31))))
+            x, y, seed=ctx.child_seed(self.name, view.name, "auc")))
         absorb = absorbing_classes(ref.predictions, view.predictions, view.labels,
                                    n_classes=n_classes)
         alpha = opts.alpha

@@ -160,7 +160,7 @@ class _Run:
         self.reinitialised: list[str] = []
 
     def _seed(self, *keys) -> int:
-        return int(self.ctx.rng("explain", "seed", *keys).integers(2**31))
+        return self.ctx.child_seed("explain", "seed", *keys)
 
     def random_twin(self, name: str):
         """The explainer `name` on a copy of the model with re-initialised top layers."""

@@ -16,12 +16,12 @@ fingerprint, role or class list changed or a baseline dataset vanished (unless
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from audit import seeds
 from audit.errors import InputError
 from audit.gating.policy import DatasetRules, Policy, Significance, load_policy
 from audit.gating.reading import AuditFile, PredictionsUnavailable, Reading
@@ -335,8 +335,7 @@ class _Bootstrap:
 
         base = self.baseline.load_predictions(self.dataset)
         cur = self.current.load_predictions(self.dataset)
-        digest = hashlib.sha256(f"gate|{self.dataset}".encode()).digest()
-        rng = np.random.default_rng([self.significance.seed, int.from_bytes(digest[:8], "little")])
+        rng = seeds.rng(self.significance.seed, "gate", self.dataset)
         n_boot = self.significance.n_boot
         order = _pairing(base.paths, cur.paths) if self._same_images() else None
         if order is not None:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from audit import seeds
 from audit.synthetic import CLASSES, render_cell
 
 __all__ = ["CopyAugmentation", "augmented_copy", "write_copies"]
@@ -66,7 +67,7 @@ def write_copies(out: str | Path, *, n_sources: int, copies: int, size: int = 12
     out = Path(out)
     rows = []
     for source in range(n_sources):
-        rng = np.random.default_rng([seed, source])
+        rng = seeds.rng(seed, "copies", source)
         cls = classes[source % len(classes)]
         image, _ = render_cell(cls, size=size, rng=rng)
         folder = out / cls

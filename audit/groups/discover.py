@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from audit import seeds
 from audit.data import Dataset
 from audit.groups.calibrate import NullStatistics, calibrate_threshold
 from audit.groups.candidates import bow_embeddings, fit_vocabulary, nearest_pairs
@@ -192,7 +193,7 @@ def _verify(query: Keypoints, reference: Keypoints, rows: np.ndarray, cols: np.n
 def _null_queries(labels: np.ndarray, config: GroupConfig) -> np.ndarray:
     """Seeded sample of images whose other-class neighbours make the null."""
     return subsample(len(labels), config.max_null_images,
-                     rng=np.random.default_rng([config.seed, 1]))
+                     rng=seeds.rng(config.seed, "groups", "null_queries"))
 
 
 def _dedupe(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +209,7 @@ def _sample(rows, cols, inliers, mirrored, threshold, config) -> tuple[VerifiedP
     if linked.size == 0:
         return ()
     half = max(1, config.sample_pairs // 2)
-    rng = np.random.default_rng([config.seed, 2])
+    rng = seeds.rng(config.seed, "groups", "pair_sample")
     random_part = rng.choice(linked, min(half, linked.size), replace=False)
     weakest = linked[np.lexsort((linked, inliers[linked]))][:half]
     chosen = list(dict.fromkeys([*sorted(random_part.tolist()), *weakest.tolist()]))
@@ -249,7 +250,8 @@ def groups_from_keypoints(keypoints: Keypoints, labels: np.ndarray, *, config: G
     labels = np.asarray(labels)
 
     started = time.perf_counter()
-    vocabulary = fit_vocabulary([keypoints], words=config.vocabulary_words, seed=config.seed)
+    vocabulary = fit_vocabulary([keypoints], words=config.vocabulary_words,
+                                seed=seeds.child_seed(config.seed, "groups", "vocabulary"))
     (embedding,) = bow_embeddings([keypoints], vocabulary)
     classes = labels if config.within_class else np.zeros(n, np.int64)
     budget = config.max_pairs if config.max_pairs is not None else config.neighbours * n
@@ -358,7 +360,7 @@ def matches_from_keypoints(query: Keypoints, reference: Keypoints, query_labels:
     q_labels, r_labels = np.asarray(query_labels), np.asarray(reference_labels)
     started = time.perf_counter()
     vocabulary = fit_vocabulary([query, reference], words=config.vocabulary_words,
-                                seed=config.seed)
+                                seed=seeds.child_seed(config.seed, "groups", "match_vocabulary"))
     q_emb, r_emb = bow_embeddings([query, reference], vocabulary)
     if config.within_class:
         q_cls, r_cls = q_labels, r_labels

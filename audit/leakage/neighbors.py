@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audit import seeds
 from audit.leakage.duplicates import (
     NO_MATCH_DISTANCE,
     nearest_embedding_matches,
@@ -111,7 +112,7 @@ def nearest_cosine(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = F
         own = np.arange(start, start + len(q)) if exclude_self else None
         i, s = _first_other(ids, sims, own, np.nan)
         index[start:start + len(q)], cosine[start:start + len(q)] = i, np.clip(s, -1, 1)
-    sample = subsample(n, RECALL_SAMPLE, rng=np.random.default_rng(seed))
+    sample = subsample(n, RECALL_SAMPLE, rng=seeds.rng(seed, "recall_sample"))
     exact = _exact_sample_cosine(query, ref, sample, exclude_self)
     hit = np.nan_to_num(cosine[sample], nan=-np.inf) >= exact - 1e-5
     return index, cosine, Search("approximate", float(hit.mean()), int(sample.size))
@@ -158,7 +159,7 @@ def nearest_hamming(query_hashes: np.ndarray, ref_hashes: np.ndarray, *,
         i, d = _first_other(ids, dist.astype(np.int64), own, NO_MATCH_DISTANCE)
         better = (i >= 0) & (d < distance)
         index[better], distance[better] = i[better], d[better]
-    sample = subsample(n, RECALL_SAMPLE, rng=np.random.default_rng(seed))
+    sample = subsample(n, RECALL_SAMPLE, rng=seeds.rng(seed, "recall_sample"))
     _, exact = nearest_hash_matches(query[sample], ref, exclude_self=False) if not exclude_self \
         else _exact_self_sample(query, ref, sample)
     hit = distance[sample] <= exact

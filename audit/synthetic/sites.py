@@ -44,6 +44,8 @@ def _class_probabilities(domain: SiteDomain, classes: tuple[str, ...]) -> np.nda
 
 def _render_indexed(index: int, *, seed: int, size: int, domain: SiteDomain,
                     classes: tuple[str, ...], probabilities: np.ndarray):
+    # own seed derivation: image `index` of seed `seed` is default_rng([seed, index]), the
+    # generator's documented property (audit.synthetic): an image does not depend on the others
     rng = np.random.default_rng([seed, index])
     label = int(rng.choice(len(classes), p=probabilities))
     image, mask = render_cell(classes[label], size=size, domain=domain, rng=rng)
