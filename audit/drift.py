@@ -134,6 +134,7 @@ def domain_classifier_auc(x: np.ndarray, y: np.ndarray, *, seed: int, n_splits: 
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     folds = min(n_splits, len(x), len(y))
     if folds < 2:
@@ -142,7 +143,10 @@ def domain_classifier_auc(x: np.ndarray, y: np.ndarray, *, seed: int, n_splits: 
     target = np.r_[np.zeros(len(x), int), np.ones(len(y), int)]
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(model, features, target, cv=splitter, scoring="roc_auc")
+    # Hundreds of small L-BFGS steps: one BLAS thread. Two spinning OpenBLAS threads made the
+    # fits 13x slower on a busy 2-core machine (8.9 s against 0.7 s, 400 + 400 x 1,280, same AUC).
+    with threadpool_limits(1):
+        scores = cross_val_score(model, features, target, cv=splitter, scoring="roc_auc")
     return float(np.mean(scores))
 
 

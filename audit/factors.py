@@ -125,8 +125,10 @@ class SetSample:
     jpeg_qualities: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
     @classmethod
-    def from_images(cls, images: np.ndarray, *, paths: Sequence[str] = ()) -> SetSample:
-        return cls(images, white_cell_mask(images),
+    def from_images(cls, images: np.ndarray, *, paths: Sequence[str] = (),
+                    masks: np.ndarray | None = None) -> SetSample:
+        """`masks`: the images' white-cell masks when already computed (the pixel store)."""
+        return cls(images, white_cell_mask(images) if masks is None else masks,
                    np.array([native_side(p) for p in paths], int),
                    np.array([estimate_jpeg_quality(p) for p in paths], int))
 

@@ -184,6 +184,8 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
         timings["total"] = time.perf_counter() - started
         # Cache hits vary between identical runs, so they live with the timings.
         timings.update({f"cache_hit.{n}": float(v.outputs.from_cache) for n, v in views.items()})
+        # What the checks, explanations and thumbnails decoded (each image once unless evicted).
+        timings.update({f"pixels.{k}": float(v) for k, v in ctx.pixels.summary().items()})
         result = AuditResult(
             model={**loaded.describe(), "class_names": list(class_names),
                    "input_size": image_size, "metadata": loaded.metadata,

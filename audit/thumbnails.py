@@ -2,7 +2,8 @@
 
 Per dataset: the first few images of each class (the report's dataset gallery), the most
 confident errors (its error gallery) and both sides of near-copy examples and of verified
-source-copy pairs (its leakage section), each at most `THUMBNAIL_SIZE` pixels, in
+source-copy pairs (its leakage section): the model's view of each (from the run's pixel store)
+shrunk to at most `THUMBNAIL_SIZE` pixels, in
 `artifacts/thumbnails_<name>.npz` with their dataset-relative paths.
 """
 
@@ -51,6 +52,19 @@ def _wanted(ctx: AuditContext, name: str) -> list[str]:
     return list(dict.fromkeys(p for p in wanted if p))
 
 
+def _shrink(images: np.ndarray, size: int) -> np.ndarray:
+    """The model's view of each image (from the run's pixel store) at `size` pixels."""
+    from PIL import Image
+
+    if images.shape[1] == size:
+        return images
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(image).resize((size, size),
+                                                          Image.Resampling.BILINEAR))
+    return out
+
+
 def save_thumbnails(ctx: AuditContext) -> dict[str, str]:
     """Write one thumbnails artifact per dataset; returns {dataset: artifact path}."""
     out = {}
@@ -61,5 +75,5 @@ def save_thumbnails(ctx: AuditContext) -> dict[str, str]:
         paths = [view.dataset.paths[index[p]] for p in relative if p in index]
         kept = [p for p in relative if p in index]
         out[name] = ctx.save_artifact(f"thumbnails_{name}", paths=np.array(kept, dtype=str),
-                                      images=ctx.read_images(paths, size))
+                                      images=_shrink(ctx.read_images(paths), size))
     return out

@@ -180,6 +180,13 @@ class Breakdown:
         self._set(predict.Predictor, "outputs", model_call(predict.Predictor.outputs))
         self._set(base.AuditContext, "save_artifact",
                   self.timed("save artifacts (npz)")(base.AuditContext.save_artifact))
+        try:  # the run's pixel store (absent before issue 16's store; the baseline has none)
+            from audit.pixels import PixelStore
+        except ModuleNotFoundError:
+            PixelStore = None
+        if PixelStore is not None:
+            self._set(PixelStore, "images",
+                      self.timed("pixel store: decode what it lacks")(PixelStore.images))
         for module, attr, wrapper in (
             ("audit.inference", "compute_outputs", self.phased("predict")),
             ("audit.runner", "_run_check", self.phased(lambda check, *_: f"check.{check.name}")),
@@ -379,7 +386,8 @@ def run(args, workdir: Path) -> int:
     rss_before = rss_mb() or 0.0
     before = expected // 2
     half_a = bare_compute(bare, batch, before)
-    predict_rate_a = keras_predict_rate(model, batch, max(1, args.predict_sample // 2))
+    predict_rate_a = keras_predict_rate(model.keras_model, batch,
+                                        max(1, args.predict_sample // 2))
 
     breakdown = None if args.no_breakdown else Breakdown()
     if breakdown:
@@ -410,7 +418,7 @@ def run(args, workdir: Path) -> int:
     reset_peak_rss()
     after = max(n_passes - before, 0)
     half_b = bare_compute(bare, batch, after)
-    predict_rate_b = keras_predict_rate(model, batch, max(1, args.predict_sample
+    predict_rate_b = keras_predict_rate(model.keras_model, batch, max(1, args.predict_sample
                                                           - args.predict_sample // 2))
     robust_subset = None
     if "robustness" in result.checks and result.checks["robustness"].metrics:
@@ -497,11 +505,17 @@ def _expected_passes(config, sets, heldout) -> int:
 
 def _print_steps(result, audit_wall: float) -> None:
     rows = [(k, f"{v:.1f}", f"{v / audit_wall:.0%}") for k, v in result.timings.items()
-            if not k.startswith("cache_hit") and k != "total"]
+            if not k.startswith(("cache_hit", "pixels.")) and k != "total"]
     rows.append(("total (timings)", f"{result.timings.get('total', 0):.1f}", ""))
     rows.append(("wall (incl. writing audit.json)", f"{audit_wall:.1f}", "100%"))
     print("\naudit steps (result.timings):")
     print_table(("step", "seconds", "share"), rows)
+    pixels = {k.split(".", 1)[1]: v for k, v in result.timings.items()
+              if k.startswith("pixels.")}
+    if pixels:  # what the checks, explanations and thumbnails decoded after the per-image pass
+        print(f"pixel store: {pixels['requested']:.0f} images asked for, "
+              f"{pixels['decoded']:.0f} decoded, {pixels['masks']:.0f} masks computed, "
+              f"{pixels['held']:.0f} held ({pixels['held_mb']:.0f} MB)")
 
 
 def _print_breakdown(breakdown: Breakdown, result, audit_wall: float,

@@ -4,8 +4,8 @@
 
 The report needs no network, no JavaScript and no other file: CSS is inlined, figures and
 images are base64 PNG data URIs, and a Content-Security-Policy forbids any request that is not
-a data: image. Images of the datasets (thumbnails, error gallery) are read from disk when the
-files are still where the audit found them; otherwise the report says they were left out.
+a data: image. Images of the datasets (thumbnails, error gallery) come only from the audit's
+thumbnails artifact, never from the dataset's files; when it holds no copy the report says so.
 Never imports TensorFlow: everything comes from the JSON and the npz artifacts.
 """
 

@@ -23,6 +23,7 @@ from audit.checks.gap_factors import (
 )
 from audit.data import Dataset, load_dataset
 from audit.factors import Factor, FactorSet
+from audit.pixels import PixelStore
 from audit.results import Status
 
 # ---- the game -----------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def test_subset_walk_predicts_every_combination_once(tmp_path):
     factors = FactorSet((_Nothing(), _Add(amount=10), _AddSharp(amount=20)))
     predictor = _MeanPredictor()
     base = np.array([9, 9, 9, 9, 9])
-    out, n_forward = subset_predictions(dataset, factors, predictor, image_size=8, resize="crop", batch_size=2,
+    out, n_forward = subset_predictions(dataset, factors, predictor, pixels=PixelStore(8, "crop"), batch_size=2,
                                         seed=0, base_predictions=base)
     assert n_forward == predictor.n_images == 3 * 5  # 4 distinct subsets, the base is cached
     expected = {0b000: base, 0b010: [1, 2, 3, 0, 1], 0b100: [2, 3, 0, 1, 2],

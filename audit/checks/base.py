@@ -20,6 +20,7 @@ import numpy as np
 from audit import seeds
 from audit.data import Dataset
 from audit.inference import DatasetOutputs
+from audit.pixels import PixelStore
 from audit.results import CheckResult
 
 __all__ = ["Check", "DatasetView", "AuditContext", "REGISTRY", "register", "ROLES"]
@@ -78,9 +79,9 @@ class DatasetView:
 @dataclass
 class AuditContext:
     """What checks may use. `predictor` serves checks that need new forward passes
-    (robustness, gap_factors); everything else comes from `views`. Pixels are decoded only
-    through `read_images` / `iter_batches`, which follow the model's input contract (size and
-    resize mode), so a check sees exactly what the model sees."""
+    (robustness, gap_factors); everything else comes from `views`. Pixels come only from
+    `pixels` (the run's `PixelStore`: decoded once, the model's way, with white-cell masks
+    computed once), so a check sees exactly what the model sees and shares what it decodes."""
 
     views: dict[str, DatasetView]
     class_names: tuple[str, ...]
@@ -93,19 +94,19 @@ class AuditContext:
     resize: str = "crop"
     sources: object | None = None  # audit.checks.source_copies.SourceDiscovery, when run
     sources_error: BaseException | None = None  # discovery failed before the checks
+    pixels: PixelStore | None = None  # made from image_size and resize when not given
 
-    def read_images(self, paths, size: int | None = None) -> np.ndarray:
-        """Decode `paths` the model's way, at the input size (or `size`, e.g. thumbnails)."""
-        from audit.data import read_images
+    def __post_init__(self):
+        if self.pixels is None:
+            self.pixels = PixelStore(self.image_size, self.resize)
 
-        return read_images(list(paths), size or self.image_size, resize=self.resize)
+    def read_images(self, paths) -> np.ndarray:
+        """`paths` decoded the model's way at its input size, from the run's pixel store."""
+        return self.pixels.images(list(paths))
 
     def iter_batches(self, dataset: Dataset, *, batch_size: int):
-        """Stream `dataset` decoded the model's way, batch by batch."""
-        from audit.data import iter_batches
-
-        return iter_batches(dataset, image_size=self.image_size, resize=self.resize,
-                            batch_size=batch_size)
+        """`dataset` batch by batch (images, indices), from the run's pixel store."""
+        return self.pixels.batches(dataset, batch_size=batch_size)
 
     @property
     def reference(self) -> DatasetView:

@@ -5,8 +5,8 @@ Factors (`audit.factors`): colour/stain, cell scale, sharpness, resolution/JPEG,
 class priors. In the *undo* direction the shifted subsample is moved toward the reference and
 the accuracy recovered is measured; in the *reproduce* direction the reference subsample is
 moved toward the shifted set and the accuracy lost is measured. Every combination of the image
-factors is evaluated (at most 2^5 = 32, composed in `IMAGE_FACTORS` order): images are decoded
-once per batch and the combinations walked depth first, so a prefix's transform is computed
+factors is evaluated (at most 2^5 = 32, composed in `IMAGE_FACTORS` order): images come from the
+run's pixel store (decoded once per audit) a batch at a time and the combinations walked depth first, so a prefix's transform is computed
 once and only one batch per level is in memory. Priors are not an image transform: a subset
 with priors reweights per-class accuracy to the other set's class proportions, from the same
 predictions. Each factor's Shapley value of that game (in accuracy points) over the gap gives
@@ -26,10 +26,11 @@ import numpy as np
 
 from audit import seeds
 from audit.checks.base import AuditContext, Check, DatasetView, register
-from audit.data import Dataset, iter_batches
+from audit.data import Dataset
 from audit.drift import subsample
 from audit.factors import FACTORS, IMAGE_FACTORS, FactorSet, SetSample, fit_factors, step
 from audit.options import count, fraction, one_of, subset_of
+from audit.pixels import PixelStore
 from audit.progress import progress
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
@@ -135,8 +136,8 @@ def subset_label(subset: int, names: list[str]) -> str:
 
 # ---- forward passes -----------------------------------------------------------------------------
 
-def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image_size: int,
-                       resize: str, batch_size: int, seed: int,
+def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, pixels: PixelStore,
+                       batch_size: int, seed: int,
                        base_predictions: np.ndarray | None = None,
                        desc: str = "gap factors") -> tuple[np.ndarray, int]:
     """(predicted class (2^k, N) int16 for every subset of the k factors, images predicted).
@@ -149,7 +150,7 @@ def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, image
     out = np.zeros((1 << k, len(dataset)), np.int16)
     n_forward = 0
     n_batches = -(-len(dataset) // batch_size)
-    batches = iter_batches(dataset, image_size=image_size, resize=resize, batch_size=batch_size)
+    batches = pixels.batches(dataset, batch_size=batch_size)
     for images, indices in progress(batches, desc=desc, total=n_batches, unit="batch"):
         batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
         masks = factors.masks(images) if factors.needs_masks else None
@@ -202,7 +203,8 @@ def _interval(value: float, samples: np.ndarray) -> dict:
 def _fit_sample(ctx: AuditContext, view: DatasetView, n: int, name: str) -> SetSample:
     idx = subsample(len(view), n, rng=ctx.rng(name, "fit", view.name))
     paths = [view.dataset.paths[i] for i in idx]
-    return SetSample.from_images(ctx.read_images(paths), paths=paths)
+    return SetSample.from_images(ctx.read_images(paths), paths=paths,
+                                 masks=ctx.pixels.masks(paths))
 
 
 @register
@@ -301,7 +303,7 @@ class GapFactorsCheck(Check):
             fitted[direction] = factors.describe()
             predictions, n = subset_predictions(
                 source_view.dataset.subset(idx), factors, ctx.predictor,
-                image_size=ctx.image_size, resize=ctx.resize, batch_size=opts.batch_size,
+                pixels=ctx.pixels, batch_size=opts.batch_size,
                 seed=seed,
                 base_predictions=source_view.predictions[idx],
                 desc=f"gap factors {view.name} {direction}")

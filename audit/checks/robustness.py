@@ -1,7 +1,8 @@
 """Robustness: accuracy and calibration of the model under seeded image corruptions, and which
 corruption each shifted set's errors resemble.
 
-A class-stratified subsample of the reference is decoded once, batch by batch; each batch is
+A class-stratified subsample of the reference is taken from the run's pixel store (decoded once
+for the whole audit), batch by batch; each batch is
 corrupted at every (corruption, severity) and predicted straight away, so only one batch of
 corrupted images is ever in memory. Clean predictions come from the cached reference outputs.
 """
@@ -16,10 +17,11 @@ from audit import seeds
 from audit.checks.base import AuditContext, Check, register
 from audit.checks.calibration import expected_calibration_error
 from audit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from audit.data import Dataset, iter_batches
+from audit.data import Dataset
 from audit.inference import softmax
 from audit.options import count, fraction, one_of, subset_of
 from audit.parallel import map_chunks
+from audit.pixels import PixelStore
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
 
@@ -31,10 +33,10 @@ _COPIES_PER_CALL = 2
 
 
 def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
-                    severities: Sequence[int], *, image_size: int, resize: str, batch_size: int,
+                    severities: Sequence[int], *, pixels: PixelStore, batch_size: int,
                     seed: int) -> tuple[np.ndarray, int]:
     """(probs (K, S, N, C) float32, images pushed through the model) for every corruption K and
-    severity S. Images are decoded once per batch; a batch's corruption noise is seeded from
+    severity S. Images come from `pixels` a batch at a time; a batch's corruption noise is seeded from
     (seed, its first index); `corrupt` mixes in the corruption and severity."""
     probs = None
     n_forward = 0
@@ -44,8 +46,7 @@ def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
     # one call: the model keeps every core busy, a corruption alone would not. A fixed group
     # (not one per core) keeps model batches, hence outputs, the same on every machine.
     group = _COPIES_PER_CALL
-    for images, indices in iter_batches(dataset, image_size=image_size, resize=resize,
-                                        batch_size=batch_size):
+    for images, indices in pixels.batches(dataset, batch_size=batch_size):
         batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
         for first in range(0, len(combos), group):
             part = combos[first:first + group]
@@ -138,7 +139,7 @@ class RobustnessCheck(Check):
         subset = ref.dataset.subset(idx)
         labels, clean = ref.labels[idx], ref.probs[idx]
         probs, n_forward = corrupted_probs(
-            subset, ctx.predictor, names, severities, image_size=ctx.image_size, resize=ctx.resize,
+            subset, ctx.predictor, names, severities, pixels=ctx.pixels,
             batch_size=opts.batch_size,
             seed=ctx.child_seed(self.name, "noise"))
         artifact = ctx.save_artifact("robustness_predictions", indices=idx, labels=labels,

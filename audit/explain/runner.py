@@ -181,8 +181,6 @@ class _Run:
         return twins[name]
 
     def dataset(self, view) -> dict:
-        from audit.imaging import white_cell_mask
-
         opts, ctx = self.opts, self.ctx
         t0 = time.perf_counter()
         selection = select_images(
@@ -195,7 +193,8 @@ class _Run:
                  "images": [], "cell_area_share": None, "random": None, "methods": {}}
         if len(idx) == 0:
             return entry
-        images = ctx.read_images([view.dataset.paths[i] for i in idx])
+        paths = [view.dataset.paths[i] for i in idx]
+        images = ctx.read_images(paths)
         targets = view.predictions[idx].astype(np.int64)
         labels = view.labels[idx].astype(np.int64)
         confidence = view.probs[idx, targets]
@@ -207,7 +206,7 @@ class _Run:
              "correct": bool(y == t), "reason": r}
             for i, p, y, t, c, r in zip(idx, rel_paths, labels, targets, confidence,
                                         selection.reasons, strict=True)]
-        masks = white_cell_mask(images)
+        masks = ctx.pixels.masks(paths)
         entry["cell_area_share"] = float(masks.mean())
         self.timing["selection"] += time.perf_counter() - t0
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import importlib
 
-from reports.sections.common import check_header, check_state, findings_of, unavailable
+from reports.sections.common import (
+    check_header,
+    check_state,
+    computed_check,
+    findings_of,
+    unavailable,
+)
 from reports.sections.registry import (
     GENERIC_ORDER,
     PLUGIN_ORDER,
@@ -23,7 +29,7 @@ __all__ = ["Section", "register_section", "unregister_section", "registered", "S
            "load_sections", "load_builtin_sections", "template_source", "PLUGIN_ORDER",
            "GENERIC_ORDER", "BUILTIN_MODULES",
            # what a section builder usually needs (see docs/extending.md)
-           "check_state", "check_header", "findings_of", "unavailable"]
+           "computed_check", "check_state", "check_header", "findings_of", "unavailable"]
 
 # The built-in section modules; each registers its section when imported.
 BUILTIN_MODULES = ("verdict", "model_card", "datasets", "performance", "class_errors", "leakage",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from reports import figures
-from reports.sections.common import check_header, check_state, findings_of, lookup, unavailable
+from reports.sections.common import check_header, computed_check, findings_of, lookup
 from reports.sections.registry import register_section
 
 _CALIBRATION_ROWS = (("ece", "ECE (expected calibration error)"), ("adaptive_ece", "adaptive ECE"),
@@ -16,9 +16,9 @@ _CALIBRATION_REQUIRED = frozenset({"ece", "mce", "brier", "nll", "accuracy"})  #
 
 
 def calibration_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "calibration")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "calibration")
+    if missing:
+        return missing
     m = result.metrics
     temperature = m.required("temperature")
     sets = []

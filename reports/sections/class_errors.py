@@ -8,19 +8,18 @@ from reports.format import finite
 from reports.sections.common import (
     THUMBNAIL_PIXELS,
     check_header,
-    check_state,
+    computed_check,
     findings_of,
     pick,
-    unavailable,
     words,
 )
 from reports.sections.registry import register_section
 
 
 def errors_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "errors")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "errors")
+    if missing:
+        return missing
     sets = []
     for name, d in result.per_set().items():
         gallery, missing = [], 0

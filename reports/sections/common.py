@@ -57,6 +57,15 @@ def check_state(audit: Mapping | AuditDocument, name: str) -> tuple[CheckView | 
     return result, ""
 
 
+def computed_check(audit: Mapping | AuditDocument, name: str) -> tuple[CheckView | None,
+                                                                      dict | None]:
+    """(check result, None) when the check produced numbers, else (result or None, the
+    section's "unavailable" data with the check's status and summary): a section's preamble."""
+    result, reason = check_state(audit, name)
+    return (result, None) if not reason else (result, unavailable(reason,
+                                                                  **check_header(result)))
+
+
 def per_set(audit: AuditDocument, name: str, *, lenient: bool = False) -> dict[str, View]:
     """The check's per-dataset numbers as views; {} when it computed none (not run, ERROR,
     SKIP). A computed check without them raises AuditJsonError, or with `lenient` (another

@@ -7,18 +7,17 @@ from collections.abc import Mapping
 from reports.sections.common import (
     THUMBNAIL_PIXELS,
     check_header,
-    check_state,
+    computed_check,
     findings_of,
     pick,
-    unavailable,
 )
 from reports.sections.registry import register_section
 
 
 def label_issues_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "label_issues")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "label_issues")
+    if missing:
+        return missing
     m = result.metrics
     sets = []
     for name, d in result.per_set().items():

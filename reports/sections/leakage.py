@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from reports.sections.common import (
     THUMBNAIL_PIXELS,
     check_header,
-    check_state,
+    computed_check,
     findings_of,
     pick,
-    unavailable,
 )
 from reports.sections.registry import register_section
 
@@ -28,9 +27,9 @@ def _copy_row(query: str, against: str, entry: Mapping, n: int | None) -> dict:
 
 
 def leakage_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "leakage")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "leakage")
+    if missing:
+        return missing
     m = result.metrics
     cross, within, examples = [], [], []
     for name, d in result.per_set().items():

@@ -6,14 +6,14 @@ from collections.abc import Mapping
 
 from audit.audit_json import performance_set
 from reports import figures
-from reports.sections.common import check_header, check_state, findings_of, unavailable
+from reports.sections.common import check_header, computed_check, findings_of
 from reports.sections.registry import register_section
 
 
 def performance_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "performance")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "performance")
+    if missing:
+        return missing
     m = result.metrics
     classes = list(m.required("class_names", list))
     gaps = m.required("gap", Mapping)

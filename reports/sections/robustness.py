@@ -6,22 +6,14 @@ from collections.abc import Mapping
 
 from reports import figures
 from reports.format import finite
-from reports.sections.common import (
-    check_header,
-    check_state,
-    findings_of,
-    lookup,
-    pick,
-    unavailable,
-    words,
-)
+from reports.sections.common import check_header, computed_check, findings_of, lookup, pick, words
 from reports.sections.registry import register_section
 
 
 def robustness_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "robustness")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "robustness")
+    if missing:
+        return missing
     m = result.metrics
     severities = list(m.get("severities") or [])
     corruptions = m.required("corruptions", Mapping)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from reports.sections.common import check_header, check_state, findings_of, lookup, unavailable
+from reports.sections.common import check_header, computed_check, findings_of, lookup
 from reports.sections.registry import register_section
 
 
 def safety_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "safety")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "safety")
+    if missing:
+        return missing
     m = result.metrics
     reasons = list(m.required("reasons", list))
     sets = []

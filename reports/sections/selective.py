@@ -5,21 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from reports import figures
-from reports.sections.common import (
-    check_header,
-    check_state,
-    findings_of,
-    lookup,
-    pick,
-    unavailable,
-)
+from reports.sections.common import check_header, computed_check, findings_of, lookup, pick
 from reports.sections.registry import register_section
 
 
 def selective_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "selective")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "selective")
+    if missing:
+        return missing
     m = result.metrics
     threshold = m.section("threshold")
     sets, curves = [], {}

@@ -8,12 +8,11 @@ from reports import figures
 from reports.sections.common import (
     change_text,
     check_header,
-    check_state,
+    computed_check,
     findings_of,
     lookup,
     per_set,
     pick,
-    unavailable,
     words,
 )
 from reports.sections.registry import register_section
@@ -53,9 +52,9 @@ def _gap_factors(audit: Mapping, name: str, assets) -> dict | None:
 
 
 def shift_section(audit: Mapping, assets=None) -> dict:
-    result, reason = check_state(audit, "shift")
-    if reason:
-        return unavailable(reason, **check_header(result))
+    result, missing = computed_check(audit, "shift")
+    if missing:
+        return missing
     m = result.metrics
     # Robustness has its own section, which reports an unreadable layout.
     resemblance = per_set(audit, "robustness", lenient=True)

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reports.sections import (
-    check_header,
-    check_state,
-    findings_of,
-    register_section,
-    unavailable,
-)
+from reports.sections import check_header, computed_check, findings_of, register_section
 
 
 def brightness_section(audit, assets=None) -> dict:
-    result, reason = check_state(audit, "brightness")
-    if reason:                       # not run, ERROR or SKIP: the section says why
-        return unavailable(reason)
+    result, missing = computed_check(audit, "brightness")
+    if missing:                      # not run, ERROR or SKIP: the section says why
+        return missing
     metrics = result.metrics
     rows = [{"name": name, "n": d.required("n"), "outliers": d.required("outliers"),
              "share": d.required("share"), "error_rate": d.get("error_rate_outliers")}
