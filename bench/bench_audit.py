@@ -199,8 +199,10 @@ class Breakdown:
             ("audit.leakage.duplicates", "file_digests", self.timed("file digests (sha256)")),
             ("audit.corruptions", "corrupt", self.timed("corrupt")),
             ("audit.checks.gap_factors", "_fit_sample", self.timed("fit sample (decode+mask)")),
-            ("audit.factors", "fit_factors", self.timed("fit_factors")),
+            ("audit.factors", "fit_factors", self.timed("fit_factors")),  # before issue 16
             ("audit.factors", "step", self.timed("factor transform (step)")),
+            ("audit.gap_factors.fitting", "fit_factors", self.timed("fit_factors")),
+            ("audit.gap_factors.transforms", "step", self.timed("factor transform (step)")),
             ("audit.thumbnails", "save_thumbnails", self.timed("save_thumbnails")),
             ("model.io", "load_model", self.timed("load model")),
             ("model.io", "model_hash", self.timed("model hash (sha256)")),

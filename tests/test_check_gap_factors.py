@@ -13,16 +13,16 @@ import pytest
 from conftest import make_context, make_view
 from PIL import Image
 
-from audit.checks.gap_factors import (
-    GapFactorsCheck,
+from audit.checks.gap_factors import GapFactorsCheck
+from audit.data import Dataset, load_dataset
+from audit.gap_factors import Factor, FactorSet
+from audit.gap_factors.shapley import (
     gap_factor_values,
     reweighted_accuracy,
     shapley_matrix,
     subset_label,
-    subset_predictions,
 )
-from audit.data import Dataset, load_dataset
-from audit.factors import Factor, FactorSet
+from audit.gap_factors.subsets import subset_predictions
 from audit.pixels import PixelStore
 from audit.results import Status
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audit.factors import (
+from audit.gap_factors import (
     BackgroundFactor,
     ResolutionFactor,
     SetSample,
@@ -18,8 +18,8 @@ from audit.factors import (
     sharpness,
     zoom_images,
 )
+from audit.gap_factors.stain import MacenkoStains, ReinhardStats
 from audit.imaging import white_cell_mask
-from audit.stain import MacenkoStains, ReinhardStats
 from audit.synthetic import REFERENCE_SITE, SiteDomain, generate
 
 N, SIZE = 40, 64

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audit.stain import (
+from audit.gap_factors.stain import (
     MacenkoStains,
     ReinhardStats,
     lab_to_rgb,

@@ -1,7 +1,7 @@
 """Gap factors, measured by intervention: how much of each shifted set's accuracy drop each suspected
 cause explains, measured by transforming images and predicting again.
 
-Factors (`audit.factors`): colour/stain, cell scale, sharpness, resolution/JPEG, background, and
+Factors (`audit.gap_factors`): colour/stain, cell scale, sharpness, resolution/JPEG, background, and
 class priors. In the *undo* direction the shifted subsample is moved toward the reference and
 the accuracy recovered is measured; in the *reproduce* direction the reference subsample is
 moved toward the shifted set and the accuracy lost is measured. Every combination of the image
@@ -20,27 +20,25 @@ images, group-aware) need no new forward passes.
 
 from __future__ import annotations
 
-from math import factorial
-
 import numpy as np
 
-from audit import seeds
 from audit.checks.base import AuditContext, Check, DatasetView, register
-from audit.data import Dataset
 from audit.drift import subsample
-from audit.factors import FACTORS, IMAGE_FACTORS, FactorSet, SetSample, fit_factors, step
+from audit.gap_factors import FACTORS, IMAGE_FACTORS, SetSample, fit_factors
+from audit.gap_factors.shapley import (
+    DIRECTIONS,
+    gap_factor_values,
+    shapley_matrix,
+    subset_label,
+)
+from audit.gap_factors.subsets import example_images, subset_predictions
 from audit.options import count, fraction, one_of, subset_of
-from audit.pixels import PixelStore
-from audit.progress import progress
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
 from audit.stats import bootstrap_indices, interval
 
-__all__ = ["GapFactorsCheck", "DIRECTIONS", "shapley_matrix", "reweighted_accuracy",
-           "accuracy_table", "gap_factor_values", "subset_predictions", "subset_label",
-           "example_images"]
+__all__ = ["GapFactorsCheck", "DIRECTIONS", "overlap_phrase"]
 
-DIRECTIONS = ("undo", "reproduce")
 _NOUNS = {"color": "colour", "scale": "cell scale", "sharpness": "sharpness",
           "resolution": "resolution and JPEG quality", "background": "background",
           "priors": "class proportions"}
@@ -48,8 +46,8 @@ _SUBJECTS = {"color": "colour/stain", "scale": "cell scale (magnification)",
              "sharpness": "focus/sharpness", "resolution": "resolution and JPEG compression",
              "background": "background around the cell", "priors": "class proportions"}
 _ACTIONS = {
-    "color": "stain normalisation at the input (audit.stain) or stain/colour augmentation in "
-             "training (`audit train` keeps its --stain/--color augmentation on)",
+    "color": "stain normalisation at the input (`audit.gap_factors.stain`) or stain/colour "
+             "augmentation in training (`audit train` keeps its --stain/--color augmentation on)",
     "scale": "rescale images to a common cell size at the input, or scale augmentation",
     "sharpness": "blur augmentation in training, and a focus check at the new site",
     "resolution": "match the acquisition resolution and JPEG quality, or augment with "
@@ -57,140 +55,6 @@ _ACTIONS = {
     "background": "crop tighter around the cell (or mask the background) at the input",
     "priors": "recalibrate the class priors for the new site (prior-shift re-weighting)",
 }
-
-
-# ---- the Shapley game ---------------------------------------------------------------------------
-
-def shapley_matrix(n_players: int) -> np.ndarray:
-    """W (n, 2^n) with Shapley values = W @ v for a game v indexed by bitmask (bit i = player i):
-    phi_i = sum over S without i of |S|! (n - |S| - 1)! / n! (v(S + i) - v(S))."""
-    size = 1 << n_players
-    bits = np.array([bin(s).count("1") for s in range(size)])
-    weight = [factorial(k) * factorial(n_players - k - 1) / factorial(n_players)
-              for k in range(n_players)]
-    matrix = np.zeros((n_players, size))
-    for i in range(n_players):
-        without = np.array([s for s in range(size) if not s >> i & 1], dtype=int)
-        w = np.array([weight[bits[s]] for s in without])
-        matrix[i, without | 1 << i] += w
-        matrix[i, without] -= w
-    return matrix
-
-
-def reweighted_accuracy(correct: np.ndarray, labels: np.ndarray, weights: np.ndarray | None,
-                        n_classes: int) -> np.ndarray:
-    """Accuracy of each row of `correct` (M, n); with `weights` (C,), per-class accuracy weighted
-    by them, renormalised over the classes present (an absent class has no accuracy)."""
-    correct = np.atleast_2d(np.asarray(correct, dtype=float))
-    if weights is None:
-        return correct.mean(axis=1)
-    onehot = np.eye(n_classes)[np.asarray(labels)]
-    counts = onehot.sum(axis=0)
-    w = np.where(counts > 0, np.asarray(weights, float), 0.0)
-    if w.sum() <= 0:
-        return correct.mean(axis=1)
-    return (correct @ onehot / np.maximum(counts, 1)) @ (w / w.sum())
-
-
-def accuracy_table(correct: np.ndarray, labels: np.ndarray, *, other_priors: np.ndarray | None,
-                   n_classes: int) -> np.ndarray:
-    """Accuracy per subset: rows of `correct` (2^k image subsets), then, with `other_priors`,
-    the same reweighted to them (subset index + 2^k: the priors bit is the highest)."""
-    plain = reweighted_accuracy(correct, labels, None, n_classes)
-    if other_priors is None:
-        return plain
-    return np.concatenate([plain, reweighted_accuracy(correct, labels, other_priors, n_classes)])
-
-
-def _priors(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.bincount(labels, minlength=n_classes) / max(len(labels), 1)
-
-
-def gap_factor_values(ref_correct: np.ndarray, shifted_correct: np.ndarray,
-                       ref_labels: np.ndarray, shifted_labels: np.ndarray, *, n_classes: int,
-                       priors: bool, directions=DIRECTIONS) -> dict:
-    """{"gap", "<direction>": game values v (2^players,)} from per-subset correctness.
-
-    `ref_correct` (2^k or 1, n_ref) and `shifted_correct` (2^k or 1, n_shifted): row 0 is the
-    untransformed set, row s the set transformed by the image factors in bitmask s (toward the
-    other set). undo: v(S) = acc(shifted after S) - acc(shifted); reproduce: v(S) = acc(ref) -
-    acc(ref after S). With `priors`, the highest bit reweights to the other set's classes.
-    """
-    ref_labels, shifted_labels = np.asarray(ref_labels), np.asarray(shifted_labels)
-    p_ref, p_sh = _priors(ref_labels, n_classes), _priors(shifted_labels, n_classes)
-    out = {"gap": float(np.mean(ref_correct[0]) - np.mean(shifted_correct[0]))}
-    if "undo" in directions:
-        table = accuracy_table(shifted_correct, shifted_labels, n_classes=n_classes,
-                               other_priors=p_ref if priors else None)
-        out["undo"] = table - table[0]
-    if "reproduce" in directions:
-        table = accuracy_table(ref_correct, ref_labels, n_classes=n_classes,
-                               other_priors=p_sh if priors else None)
-        out["reproduce"] = table[0] - table
-    return out
-
-
-def subset_label(subset: int, names: list[str]) -> str:
-    return "+".join(n for i, n in enumerate(names) if subset >> i & 1) or "none"
-
-
-# ---- forward passes -----------------------------------------------------------------------------
-
-def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, pixels: PixelStore,
-                       batch_size: int, seed: int,
-                       base_predictions: np.ndarray | None = None,
-                       desc: str = "gap factors") -> tuple[np.ndarray, int]:
-    """(predicted class (2^k, N) int16 for every subset of the k factors, images predicted).
-
-    Depth first over factors in order: each node applies one factor to its parent's batch, so a
-    batch goes through 2^k - 1 transforms, not k 2^(k-1). Subsets differing only by identity
-    factors share predictions; `base_predictions` (the cached outputs) stand for subset 0.
-    """
-    k = len(factors.factors)
-    out = np.zeros((1 << k, len(dataset)), np.int16)
-    n_forward = 0
-    n_batches = -(-len(dataset) // batch_size)
-    batches = pixels.batches(dataset, batch_size=batch_size)
-    for images, indices in progress(batches, desc=desc, total=n_batches, unit="batch"):
-        batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
-        masks = factors.masks(images) if factors.needs_masks else None
-        stack = [(0, 0, images, masks)]
-        while stack:
-            j, subset, batch, batch_masks = stack.pop()
-            if j == k:
-                if subset == 0 and base_predictions is not None:
-                    out[0, indices] = base_predictions[indices]
-                else:
-                    out[subset, indices] = predictor.outputs(batch)[0].argmax(axis=1)
-                    n_forward += len(batch)
-                continue
-            stack.append((j + 1, subset, batch, batch_masks))
-            factor = factors.factors[j]
-            if not factor.identity:
-                stack.append((j + 1, subset | 1 << j,
-                              *step(factor, batch, batch_masks, seed=batch_seed)))
-    for subset in range(1 << k):  # identity factors: copy from the subset without them
-        for j, factor in enumerate(factors.factors):
-            if factor.identity and subset >> j & 1:
-                out[subset] = out[subset & ~(1 << j)]
-                break
-    return out, n_forward
-
-
-def example_images(images: np.ndarray, factors: FactorSet, *, seed: int,
-                   max_side: int = 96) -> dict[str, np.ndarray]:
-    """{"before", each factor alone, "all"}: uint8 copies of `images` at <= `max_side` px."""
-    from PIL import Image
-
-    masks = factors.masks(images) if factors.needs_masks else None
-    shown = {"before": images}
-    for factor in factors.factors:
-        shown[factor.name] = factors.apply(images, [factor.name], masks=masks, seed=seed)
-    shown["all"] = factors.apply(images, masks=masks, seed=seed)
-    side = min(max_side, images.shape[1])
-    return {name: np.stack([np.asarray(Image.fromarray(im).resize((side, side),
-                                                                  Image.Resampling.BILINEAR))
-                            for im in batch]) for name, batch in shown.items()}
 
 
 # ---- the check ----------------------------------------------------------------------------------
