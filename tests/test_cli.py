@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from audit.cli import main
@@ -142,3 +143,17 @@ def test_predict_refers_blank_and_tiny_images_with_the_reason(audit_out, tiny_mo
             assert "blank" not in reasons and "far smaller" not in reasons
             assert (row["refer_to_human"] == "yes") == bool(reasons) if with_audit else \
                 row["refer_to_human"] == ""
+
+
+def test_a_run_decodes_each_image_once(audit_out):
+    """Robustness and gap factors take their pixels from the run's store: the reference images
+    robustness corrupts are also in gap factors' reference subsample, requested twice and
+    decoded once (audit.json's timings count both)."""
+    timings = json.loads((audit_out / "audit.json").read_text())["timings"]
+    with np.load(audit_out / "artifacts" / "robustness_predictions.npz") as robustness, \
+            np.load(audit_out / "artifacts" / "gap_factors_site_b.npz") as gap_factors:
+        shared = set(robustness["indices"].tolist()) & set(
+            gap_factors["reproduce_indices"].tolist())
+    assert shared
+    assert timings["pixels.decoded"] <= timings["pixels.requested"] - len(shared)
+    assert timings["pixels.masks"] <= timings["pixels.decoded"]
