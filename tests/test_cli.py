@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from audit.audit_json import SCHEMA_VERSION
 from audit.cli import main
 
 
 def test_run_writes_strict_json_with_every_check(audit_out):
     data = json.loads((audit_out / "audit.json").read_text())
-    assert data["schema_version"] == "2.0"
+    assert data["schema_version"] == SCHEMA_VERSION
     assert set(data["datasets"]) == {"train", "heldout", "site_b"}
     for name in ("performance", "calibration", "errors", "leakage", "shift", "robustness",
                  "selective", "safety", "label_issues"):
