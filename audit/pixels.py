@@ -19,7 +19,7 @@ import numpy as np
 
 from audit.data import Dataset, read_images
 
-__all__ = ["PixelStore", "DEFAULT_BUDGET_MB"]
+__all__ = ["PixelStore", "DEFAULT_BUDGET_MB", "shrink"]
 
 DEFAULT_BUDGET_MB = 512  # ~3,400 images at 224 px: every sample of a default audit fits
 
@@ -65,17 +65,19 @@ class PixelStore:
         from audit.imaging import white_cell_mask
 
         paths = [str(p) for p in paths]
-        todo = list(dict.fromkeys(p for p in paths if p not in self._masks))
+        found = {p: self._masks[p] for p in dict.fromkeys(paths) if p in self._masks}
+        todo = [p for p in dict.fromkeys(paths) if p not in found]
         if todo:
             for path, mask in zip(todo, white_cell_mask(self.images(todo)), strict=True):
-                self._masks[path] = mask
-                self._bytes += mask.nbytes
+                found[path] = mask
+                if path in self._images:  # kept only beside its image, so both are evicted
+                    self._masks[path] = mask
+                    self._bytes += mask.nbytes
             self.masked += len(todo)
             self._evict()
         if not paths:
             return np.zeros((0, self.image_size, self.image_size), bool)
-        return np.stack([self._masks[p] if p in self._masks else
-                         white_cell_mask(self.images([p]))[0] for p in paths])
+        return np.stack([found[p] for p in paths])
 
     def batches(self, dataset: Dataset, *, batch_size: int
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -103,3 +105,16 @@ class PixelStore:
             mask = self._masks.pop(old_path, None)
             if mask is not None:
                 self._bytes -= mask.nbytes
+
+
+def shrink(images: np.ndarray, side: int) -> np.ndarray:
+    """uint8 (N, side, side, 3) copies of a batch (bilinear): thumbnails and example pictures."""
+    from PIL import Image
+
+    if images.shape[1] == side:
+        return images
+    out = np.empty((len(images), side, side, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(image).resize((side, side),
+                                                          Image.Resampling.BILINEAR))
+    return out

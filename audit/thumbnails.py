@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from audit.checks.base import AuditContext
+from audit.pixels import shrink
 
 __all__ = ["save_thumbnails", "THUMBNAIL_SIZE", "PER_CLASS"]
 
@@ -52,19 +53,6 @@ def _wanted(ctx: AuditContext, name: str) -> list[str]:
     return list(dict.fromkeys(p for p in wanted if p))
 
 
-def _shrink(images: np.ndarray, size: int) -> np.ndarray:
-    """The model's view of each image (from the run's pixel store) at `size` pixels."""
-    from PIL import Image
-
-    if images.shape[1] == size:
-        return images
-    out = np.empty((len(images), size, size, 3), np.uint8)
-    for i, image in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(image).resize((size, size),
-                                                          Image.Resampling.BILINEAR))
-    return out
-
-
 def save_thumbnails(ctx: AuditContext) -> dict[str, str]:
     """Write one thumbnails artifact per dataset; returns {dataset: artifact path}."""
     out = {}
@@ -75,5 +63,5 @@ def save_thumbnails(ctx: AuditContext) -> dict[str, str]:
         paths = [view.dataset.paths[index[p]] for p in relative if p in index]
         kept = [p for p in relative if p in index]
         out[name] = ctx.save_artifact(f"thumbnails_{name}", paths=np.array(kept, dtype=str),
-                                      images=_shrink(ctx.read_images(paths), size))
+                                      images=shrink(ctx.read_images(paths), size))
     return out

@@ -8,7 +8,7 @@ import numpy as np
 from audit import seeds
 from audit.data import Dataset
 from audit.gap_factors.transforms import FactorSet, step
-from audit.pixels import PixelStore
+from audit.pixels import PixelStore, shrink
 from audit.progress import progress
 
 __all__ = ["subset_predictions", "example_images"]
@@ -58,14 +58,10 @@ def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, pixel
 def example_images(images: np.ndarray, factors: FactorSet, *, seed: int,
                    max_side: int = 96) -> dict[str, np.ndarray]:
     """{"before", each factor alone, "all"}: uint8 copies of `images` at <= `max_side` px."""
-    from PIL import Image
-
     masks = factors.masks(images) if factors.needs_masks else None
     shown = {"before": images}
     for factor in factors.factors:
         shown[factor.name] = factors.apply(images, [factor.name], masks=masks, seed=seed)
     shown["all"] = factors.apply(images, masks=masks, seed=seed)
     side = min(max_side, images.shape[1])
-    return {name: np.stack([np.asarray(Image.fromarray(im).resize((side, side),
-                                                                  Image.Resampling.BILINEAR))
-                            for im in batch]) for name, batch in shown.items()}
+    return {name: shrink(batch, side) for name, batch in shown.items()}
