@@ -4,12 +4,16 @@ A model fed pixels scaled or resized another way than in training still returns 
 answers: the audit would then blame the model for the set-up (a [0, 1] model fed 0-255 pixels
 called 92% of a demo set 'lymphocyte'). So on a seeded, class-stratified sample of the
 reference set (64 images by default) the declared contract is scored, and with it the other
-resize modes; when the declared contract is no better than always answering the commonest
-class, or puts almost every image in one class, every candidate (scaling x resize x channel
-order) is scored too. `audit run` stops (exit 2) when the declared contract looks like that
+resize modes. When the declared contract is no better than always answering the commonest
+class, or puts almost every image in one class, the search widens in two steps: first every
+contract one option away from the declared one (each other scaling, the other channel order:
+8 candidates in all), then, only when one of those is clearly better, every candidate
+(scaling x resize x channel order, 30). A near-chance model that no option rescues (an
+untrained head) so pays 8 candidates rather than 30; a mis-set one pays the full grid, and its
+best candidate is named. `audit run` stops (exit 2) when the declared contract looks like that
 and another candidate is far better and itself better than chance, naming the options to
-use; `--force` audits anyway.
-`audit inspect --data` scores every candidate and recommends the best.
+use; `--force` audits anyway. `audit inspect --data` scores every candidate and recommends
+the best.
 
 Decisions use exact tests on the sample: the declared accuracy against the majority-class rate
 (one-sided binomial), and the best candidate against the declared one on the same images
@@ -30,8 +34,8 @@ from audit.errors import UsageError
 from audit.sampling import stratified_subsample
 from model.contract import CHANNEL_ORDERS, PREPROCESS, RESIZE, InputContract, scale_images
 
-__all__ = ["CandidateScore", "ContractCheck", "score_candidates", "check_contract",
-           "DEFAULT_IMAGES"]
+__all__ = ["CandidateScore", "CandidateSample", "ContractCheck", "score_candidates",
+           "check_contract", "judge_contract", "DEFAULT_IMAGES"]
 
 DEFAULT_IMAGES = 64
 _CHANCE_ALPHA = 0.01      # declared accuracy not above the majority rate at this level: suspect
@@ -106,35 +110,68 @@ def _raw_predictor(loaded, batch_size: int):
                      batch_size=batch_size)
 
 
+Candidate = tuple[str, str, str]   # (preprocess, resize, channel order)
+
+
+def full_grid(declared: Candidate) -> list[Candidate]:
+    """Every scaling x resize x channel order, the declared one first."""
+    return [declared] + [c for c in product(PREPROCESS, RESIZE, CHANNEL_ORDERS) if c != declared]
+
+
+def resize_modes(declared: Candidate) -> list[Candidate]:
+    """The declared contract and its other resize modes."""
+    preprocess, resize, order = declared
+    return [declared] + [(preprocess, r, order) for r in RESIZE if r != resize]
+
+
+def one_option_away(declared: Candidate) -> list[Candidate]:
+    """The declared contract and every contract that differs from it in one option."""
+    preprocess, resize, order = declared
+    return resize_modes(declared) + [(p, resize, order) for p in PREPROCESS if p != preprocess] \
+        + [(preprocess, resize, o) for o in CHANNEL_ORDERS if o != order]
+
+
+class CandidateSample:
+    """The seeded reference sample, decoded once per resize mode, each candidate scored once:
+    widening the search decodes and predicts only what is new."""
+
+    def __init__(self, loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES,
+                 seed: int = 0, batch_size: int = 64):
+        self._loaded, self._batch_size = loaded, batch_size
+        idx = stratified_subsample(dataset.labels, n_images,
+                                   rng=seeds.rng(seed, "contract_check"))
+        self._paths = [dataset.paths[i] for i in idx]
+        self.labels = dataset.labels[idx]
+        self._images: dict[str, np.ndarray] = {}
+        self._known: dict[Candidate, tuple[CandidateScore, np.ndarray]] = {}
+
+    def score(self, candidates: list[Candidate]
+              ) -> tuple[list[CandidateScore], dict[Candidate, np.ndarray]]:
+        """Scores in the order asked, and each candidate's per-image hits."""
+        contract = self._loaded.contract
+        for r in dict.fromkeys(c[1] for c in candidates):
+            if r not in self._images:
+                self._images[r] = read_images(self._paths, contract.input_size, resize=r)
+        todo = [c for c in candidates if c not in self._known]
+        if todo:
+            scores, hits = _scores(_raw_predictor(self._loaded, self._batch_size), contract,
+                                   self._images, self.labels, todo)
+            self._known.update({c: (score, hits[c]) for c, score in zip(todo, scores,
+                                                                       strict=True)})
+        return [self._known[c][0] for c in candidates], {c: self._known[c][1] for c in candidates}
+
+
+def declared_candidate(contract: InputContract) -> Candidate:
+    return (contract.preprocess, contract.resize, contract.channel_order)
+
+
 def score_candidates(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,
-                     batch_size: int = 64, full: bool = True, _reuse: dict | None = None,
-                     ) -> tuple[list[CandidateScore], dict, np.ndarray]:
-    """Scores of the declared contract first, then the other candidates: with `full`, every
-    scaling x resize x channel order; without, the other resize modes only. `_reuse` (filled
-    by a first call on the same sample) keeps its decoded images and scores, so widening the
-    grid decodes and predicts only what is new."""
-    contract = loaded.contract
-    idx = stratified_subsample(dataset.labels, n_images, rng=seeds.rng(seed, "contract_check"))
-    paths = [dataset.paths[i] for i in idx]
-    labels = dataset.labels[idx]
-    declared = (contract.preprocess, contract.resize, contract.channel_order)
-    if full:
-        grid = list(product(PREPROCESS, RESIZE, CHANNEL_ORDERS))
-    else:
-        grid = [(contract.preprocess, r, contract.channel_order) for r in RESIZE]
-    grid = [declared] + [c for c in grid if c != declared]
-    memo = _reuse if _reuse is not None else {}
-    images, known = memo.setdefault("images", {}), memo.setdefault("scores", {})
-    for r in dict.fromkeys(c[1] for c in grid):
-        if r not in images:
-            images[r] = read_images(paths, contract.input_size, resize=r)
-    todo = [c for c in grid if c not in known]
-    if todo:
-        new_scores, new_hits = _scores(_raw_predictor(loaded, batch_size), contract, images,
-                                       labels, todo)
-        known.update({c: (score, new_hits[c]) for c, score in zip(todo, new_scores,
-                                                                 strict=True)})
-    return [known[c][0] for c in grid], {c: known[c][1] for c in grid}, labels
+                     batch_size: int = 64) -> tuple[list[CandidateScore], dict, np.ndarray]:
+    """Every candidate's score on the sample, the declared contract first (`audit inspect`)."""
+    sample = CandidateSample(loaded, dataset, n_images=n_images, seed=seed,
+                             batch_size=batch_size)
+    scores, hits = sample.score(full_grid(declared_candidate(loaded.contract)))
+    return scores, hits, sample.labels
 
 
 def _mcnemar(better: np.ndarray, worse: np.ndarray) -> float:
@@ -145,12 +182,33 @@ def _mcnemar(better: np.ndarray, worse: np.ndarray) -> float:
     return float(binomtest(gains, gains + losses, 0.5, alternative="greater").pvalue)
 
 
+def _beats_chance(score: CandidateScore, n: int, majority: float) -> bool:
+    return binomtest(round(score.accuracy * n), n, majority,
+                     alternative="greater").pvalue < _CHANCE_ALPHA
+
+
+def _clearly_better(scores: list[CandidateScore], hits: dict, n: int, majority: float) -> bool:
+    """Whether a candidate beats both chance and the declared contract (scores[0]) by the
+    warning's margin: the signal that the full grid is worth scoring."""
+    declared = scores[0]
+    base = hits[(declared.preprocess, declared.resize, declared.channel_order)]
+    return any(_beats_chance(c, n, majority) and c.accuracy - declared.accuracy >= _WARN_MARGIN
+               and _mcnemar(hits[(c.preprocess, c.resize, c.channel_order)], base) < _WARN_ALPHA
+               for c in scores[1:])
+
+
 def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,
                    batch_size: int = 64) -> ContractCheck:
     """Score the declared contract on the reference sample and judge it (module doc)."""
-    reuse: dict = {}
-    scores, hits, labels = score_candidates(loaded, dataset, n_images=n_images, seed=seed,
-                                            batch_size=batch_size, full=False, _reuse=reuse)
+    sample = CandidateSample(loaded, dataset, n_images=n_images, seed=seed,
+                             batch_size=batch_size)
+    return judge_contract(sample.score, loaded.contract, sample.labels)
+
+
+def judge_contract(score, contract: InputContract, labels: np.ndarray) -> ContractCheck:
+    """The staged search and the verdict; `score(candidates)` is `CandidateSample.score`."""
+    key = declared_candidate(contract)
+    scores, hits = score(resize_modes(key))
     declared = scores[0]
     n = len(labels)
     majority = float(np.bincount(labels).max() / n)
@@ -159,9 +217,9 @@ def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, 
     suspect = p_chance > _CHANCE_ALPHA or (declared.top_class_share >= _ONE_CLASS_SHARE
                                            and majority < 0.6)
     if suspect:
-        scores, hits, labels = score_candidates(loaded, dataset, n_images=n_images, seed=seed,
-                                                batch_size=batch_size, full=True, _reuse=reuse)
-    key = (declared.preprocess, declared.resize, declared.channel_order)
+        scores, hits = score(one_option_away(key))
+        if _clearly_better(scores, hits, n, majority):
+            scores, hits = score(full_grid(key))
     others = scores[1:]
     best = max(others, key=lambda c: c.accuracy) if others else declared
     p_best = _mcnemar(hits[(best.preprocess, best.resize, best.channel_order)], hits[key])
@@ -170,9 +228,7 @@ def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, 
     # broken model that does worse than chance as declared can do merely as well as always
     # answering the commonest class under another scaling, and is then a bad model, not a
     # mis-fed one.
-    best_beats_chance = binomtest(round(best.accuracy * n), n, majority,
-                                  alternative="greater").pvalue < _CHANCE_ALPHA
-    contract = loaded.contract
+    best_beats_chance = _beats_chance(best, n, majority)
     described = (f"with --preprocess {declared.preprocess} "
                  f"({contract.sources.get('preprocess', 'declared')}) and --resize "
                  f"{declared.resize} ({contract.sources.get('resize', 'declared')})")

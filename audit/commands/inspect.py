@@ -91,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
               f"directory loaders order them): {', '.join(names)}")
     dataset = load_dataset(args.data, name="inspect", label_map=load_label_map_option(args),
                            class_names=loaded.contract.class_names, strict=args.strict)
-    scores, _, labels = score_candidates(loaded, dataset, n_images=args.images, seed=args.seed,
-                                         full=True)
+    scores, _, labels = score_candidates(loaded, dataset, n_images=args.images, seed=args.seed)
     n = len(labels)
     print(f"\naccuracy of each way of feeding the model, on {n} images of '{args.data}' "
           f"(seed {args.seed}):")
