@@ -11,7 +11,7 @@ from pathlib import Path
 
 from audit.atomic import atomic_dir, write_json
 from audit.checks.base import ROLES, AuditContext, DatasetView, load_builtin_checks
-from audit.config import audit_options
+from audit.config import audit_options, validate_config
 from audit.data import load_dataset
 from audit.errors import InputError, UsageError
 from audit.findings import rank_findings
@@ -115,6 +115,7 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
     from model.io import library_versions
     from model.loaded import LoadedModel, load_model
 
+    validate_config(config)   # a config dict built in code gets the checks a config file gets
     check_specs(specs)
     out_dir = Path(out_dir)
     _prepare_out(out_dir)

@@ -54,6 +54,15 @@ def _relative_to(base: Path):
     return where
 
 
+def _group_of(dataset: Dataset, groups: np.ndarray | None):
+    """Image i's group column: the groups a split kept apart when given, else the dataset's."""
+    def group(i: int) -> str:
+        if groups is not None:
+            return str(groups[i])
+        return dataset.groups[i] if dataset.groups is not None else ""
+    return group
+
+
 def write_manifest(path: str | os.PathLike, dataset: Dataset, indices: np.ndarray, *,
                    groups: np.ndarray | None = None) -> Path:
     """Write the images `indices` of `dataset` as a manifest (path,label,group) that
@@ -61,12 +70,7 @@ def write_manifest(path: str | os.PathLike, dataset: Dataset, indices: np.ndarra
     data lies below it, else absolute."""
     path = Path(path)
     where = _relative_to(path.parent.resolve())
-
-    def group(i: int) -> str:
-        if groups is not None:
-            return str(groups[i])
-        return dataset.groups[i] if dataset.groups is not None else ""
-
+    group = _group_of(dataset, groups)
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "group"])
@@ -86,12 +90,7 @@ def write_split_manifest(path: str | os.PathLike, dataset: Dataset, train: np.nd
     """
     path = Path(path)
     where = _relative_to(path.parent.resolve())
-
-    def group(i: int) -> str:
-        if groups is not None:  # the groups the split kept apart
-            return str(groups[i])
-        return dataset.groups[i] if dataset.groups is not None else ""
-
+    group = _group_of(dataset, groups)
     stem = path.name[: -len(".split.csv")] if path.name.endswith(".split.csv") else path.stem
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

@@ -140,6 +140,19 @@ def test_unknown_config_key_and_bad_model_argument(tiny_model, synthetic_sites, 
     assert not (tmp_path / "o").exists()
 
 
+def test_run_audit_checks_a_config_dict_built_in_code(tmp_path):
+    # The runner is the one gate every config passes, file or dict (the checks and explainers
+    # no longer repeat it): a bad value stops it before any model is loaded.
+    from audit.config import default_config
+    from audit.runner import run_audit
+
+    config = default_config()
+    config["checks"]["calibration"]["n_bins"] = 1
+    with pytest.raises(audit.UsageError, match=r"checks.calibration.n_bins: expected"):
+        run_audit("no-such-model.keras", [], config=config, out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_every_public_name_is_documented():
     text = (REPO / "docs" / "api.md").read_text()
     for name in audit.__all__:

@@ -141,7 +141,7 @@ def test_skips_without_shifted_set_or_model(tmp_path):
     assert GapFactorsCheck().run(make_context([ref, shifted],
                                                tmp_path=tmp_path)).status == Status.SKIP
     for bad in ('checks.gap_factors.factors=["hue"]', 'checks.gap_factors.directions=["up"]',
-                'checks.gap_factors.color_method="histogram"'):
+                'checks.gap_factors.color_method="histogram"', 'checks.gap_factors.factors=[]'):
         with pytest.raises(ValueError, match="checks.gap_factors"):   # refused on reading
             make_context([ref, shifted], tmp_path=tmp_path, predictor=object(), overrides=[bad])
 

@@ -15,12 +15,10 @@ import traceback
 import numpy as np
 from PIL import Image
 
-from audit.errors import UsageError
 from audit.explain.base import make_explainer
 from audit.explain.cellfocus import aggregate_focus, focus_scores
 from audit.explain.config import ExplainOptions, explain_options
 from audit.explain.faithfulness import (
-    BASELINES,
     deletion_auc,
     gain_over_random,
     insertion_auc,
@@ -89,10 +87,8 @@ def explain_audit(ctx) -> dict:
     model = getattr(ctx.predictor, "loaded", None)
     if model is None:
         return clean({"layout_version": LAYOUT_VERSION, "skipped": "no model to explain"})
-    from audit.explain import load_builtin_explainers
     from audit.inference import Predictor
 
-    _check_config(opts, list(load_builtin_explainers()))
     predictor = ctx.predictor  # already traced: reuse it when its batch size is the one asked
     if getattr(predictor, "batch_size", None) != opts.batch_size:
         predictor = Predictor(model, batch_size=opts.batch_size)
@@ -111,29 +107,6 @@ def explain_audit(ctx) -> dict:
         "timing": {**{k: round(v, 3) for k, v in run.timing.items()},
                    "total": round(time.perf_counter() - started, 3)},
     })
-
-
-def _check_config(opts: ExplainOptions, known: list[str]) -> None:
-    """Refuse settings that would fail later, naming the key and the accepted values."""
-    from audit.corruptions import CORRUPTIONS, SEVERITIES
-
-    for key in ("methods", "sanity_methods", "stability_methods"):
-        unknown = sorted(set(getattr(opts, key)) - set(known))
-        if unknown:
-            raise UsageError(f"[explain] {key}: unknown method(s) {unknown}; known: {known}")
-    unknown = sorted(set(opts.stability_corruptions) - set(CORRUPTIONS))
-    if unknown:
-        raise UsageError(f"[explain] stability_corruptions: unknown {unknown}; known: "
-                         f"{list(CORRUPTIONS)}")
-    if opts.stability_severity not in SEVERITIES:
-        raise UsageError(f"[explain] stability_severity must be one of {list(SEVERITIES)}, "
-                         f"received {opts.stability_severity!r}")
-    if opts.faithfulness_baseline not in BASELINES:
-        raise UsageError(f"[explain] faithfulness_baseline must be one of {list(BASELINES)}, "
-                         f"received {opts.faithfulness_baseline!r}")
-    for key in ("faithfulness_steps", "batch_size", "artifact_size", "random_grid"):
-        if getattr(opts, key) < 1:
-            raise UsageError(f"[explain] {key} must be >= 1, received {getattr(opts, key)!r}")
 
 
 def _detail(exc: BaseException) -> str:
