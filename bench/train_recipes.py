@@ -274,6 +274,14 @@ VARIANTS: dict[str, dict] = {
     "study_head_8": {"task": 8, "train": ["--finetune-epochs", "0"],
                      "about": "linear head on frozen features only"},
     "default_8": {"task": 8, "train": [], "about": "the new default"},
+    "default_8+tta": {"task": 8, "model": "default_8", "eval": "tta",
+                      "about": "default, mean probability over the 8 flips/transposes"},
+    "default_8_deep": {"task": 8, "train": ["--finetune-from", "block_10", "--finetune-epochs",
+                                            "12", "--patience", "4"],
+                       "about": "default, fine-tuning from block_10 (7 blocks) for 12 epochs"},
+    "default_8_deep+tta": {"task": 8, "model": "default_8_deep", "eval": "tta",
+                           "about": "deep fine-tuning, mean probability over the 8 "
+                                    "flips/transposes"},
     # cross-lab (trained on the 5-class split; tested on the BCCD crops)
     "case_study": {"task": 5, "train": CASE_STUDY,
                    "about": "the case study's best remedy (56.1% there, on 1,200 training "
@@ -316,7 +324,8 @@ VARIANTS: dict[str, dict] = {
 SAMELAB = ["old_default", "study_head", "default", "default_bn_train", "default_bn_frozen",
            "default_lr3e-4",
            "default_lr3e-5", "default_constant_lr", "default_no_augment", "default_block_10",
-           "old_default_8", "study_head_8", "default_8"]
+           "old_default_8", "study_head_8", "default_8", "default_8+tta", "default_8_deep",
+           "default_8_deep+tta"]
 CROSS = ["case_study", "old_default", "study_head", "default", "default_bn_train",
          "default_bn_frozen", "scale", "scale_3", "stain_strong", "blur_jpeg",
          "cross_site_finetune", "cross_site", "cross_site_strong", "cross_site_scale",
