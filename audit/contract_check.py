@@ -55,6 +55,10 @@ class CandidateScore:
     top_class_share: float
     top_class: str
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.preprocess, self.resize, self.channel_order)
+
     def flags(self) -> str:
         return f"--preprocess {self.preprocess} --resize {self.resize}" + (
             f" --channel-order {self.channel_order}" if self.channel_order != "RGB" else "")
@@ -143,6 +147,7 @@ class CandidateSample:
         self._paths = [dataset.paths[i] for i in idx]
         self.labels = dataset.labels[idx]
         self._images: dict[str, np.ndarray] = {}
+        self._predictor = None   # traced once, kept when the search widens
         self._known: dict[Candidate, tuple[CandidateScore, np.ndarray]] = {}
 
     def score(self, candidates: list[Candidate]
@@ -154,7 +159,9 @@ class CandidateSample:
                 self._images[r] = read_images(self._paths, contract.input_size, resize=r)
         todo = [c for c in candidates if c not in self._known]
         if todo:
-            scores, hits = _scores(_raw_predictor(self._loaded, self._batch_size), contract,
+            if self._predictor is None:
+                self._predictor = _raw_predictor(self._loaded, self._batch_size)
+            scores, hits = _scores(self._predictor, contract,
                                    self._images, self.labels, todo)
             self._known.update({c: (score, hits[c]) for c, score in zip(todo, scores,
                                                                        strict=True)})
@@ -191,9 +198,9 @@ def _clearly_better(scores: list[CandidateScore], hits: dict, n: int, majority: 
     """Whether a candidate beats both chance and the declared contract (scores[0]) by the
     warning's margin: the signal that the full grid is worth scoring."""
     declared = scores[0]
-    base = hits[(declared.preprocess, declared.resize, declared.channel_order)]
+    base = hits[declared.key]
     return any(_beats_chance(c, n, majority) and c.accuracy - declared.accuracy >= _WARN_MARGIN
-               and _mcnemar(hits[(c.preprocess, c.resize, c.channel_order)], base) < _WARN_ALPHA
+               and _mcnemar(hits[c.key], base) < _WARN_ALPHA
                for c in scores[1:])
 
 
@@ -222,7 +229,7 @@ def judge_contract(score, contract: InputContract, labels: np.ndarray) -> Contra
             scores, hits = score(full_grid(key))
     others = scores[1:]
     best = max(others, key=lambda c: c.accuracy) if others else declared
-    p_best = _mcnemar(hits[(best.preprocess, best.resize, best.channel_order)], hits[key])
+    p_best = _mcnemar(hits[best.key], hits[key])
     margin = best.accuracy - declared.accuracy
     # A better candidate is evidence of a mis-set contract only if it beats chance itself: a
     # broken model that does worse than chance as declared can do merely as well as always
