@@ -31,6 +31,10 @@ RENAMED = {"checks.attribution": "checks.gap_factors"}
 AUDIT_DEFAULTS = {
     "seed": 0,
     "batch_size": 64,
+    # Images per model call; 0 = chosen from the input size (about 2^18 pixels per call on a
+    # CPU, 5 images at 224 px: twice as fast per image as calls of 64 there; a GPU takes the
+    # whole batch). Outputs differ between call sizes by float rounding, so it is recorded.
+    "forward_batch": 0,
     "cache_dir": str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cellaudit"),
     # The cell_size property's white-cell mask costs twice a 224-px MobileNetV2 forward pass
     # per image: measured on a seeded, class-stratified sample of this many images per set
@@ -56,7 +60,8 @@ def audit_options(table: dict) -> AuditOptions:
 def _audit_limits() -> dict:
     from audit.options import count
 
-    return {"seed": count(0), "batch_size": count(1), "cell_size_images": count(0),
+    return {"seed": count(0), "batch_size": count(1), "forward_batch": count(0),
+            "cell_size_images": count(0),
             "contract_check_images": count(8)}
 
 

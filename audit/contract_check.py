@@ -105,13 +105,13 @@ def _scores(predictor, contract: InputContract, images_by_resize: dict[str, np.n
     return scores, hits
 
 
-def _raw_predictor(loaded, batch_size: int):
+def _raw_predictor(loaded, batch_size: int, forward_batch: int = 0):
     """A predictor that applies no scaling: the candidates are scaled before the call."""
     from audit.inference import Predictor
 
     raw = loaded.contract.with_(preprocess="none", channel_order="RGB")
     return Predictor(replace(loaded, contract=raw, _forward=None, _compiled=None),
-                     batch_size=batch_size)
+                     batch_size=batch_size, forward_batch=forward_batch)
 
 
 Candidate = tuple[str, str, str]   # (preprocess, resize, channel order)
@@ -140,8 +140,8 @@ class CandidateSample:
     widening the search decodes and predicts only what is new."""
 
     def __init__(self, loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES,
-                 seed: int = 0, batch_size: int = 64):
-        self._loaded, self._batch_size = loaded, batch_size
+                 seed: int = 0, batch_size: int = 64, forward_batch: int = 0):
+        self._loaded, self._batch_size, self._forward_batch = loaded, batch_size, forward_batch
         idx = stratified_subsample(dataset.labels, n_images,
                                    rng=seeds.rng(seed, "contract_check"))
         self._paths = [dataset.paths[i] for i in idx]
@@ -160,7 +160,8 @@ class CandidateSample:
         todo = [c for c in candidates if c not in self._known]
         if todo:
             if self._predictor is None:
-                self._predictor = _raw_predictor(self._loaded, self._batch_size)
+                self._predictor = _raw_predictor(self._loaded, self._batch_size,
+                                                 self._forward_batch)
             scores, hits = _scores(self._predictor, contract,
                                    self._images, self.labels, todo)
             self._known.update({c: (score, hits[c]) for c, score in zip(todo, scores,
@@ -205,10 +206,10 @@ def _clearly_better(scores: list[CandidateScore], hits: dict, n: int, majority: 
 
 
 def check_contract(loaded, dataset: Dataset, *, n_images: int = DEFAULT_IMAGES, seed: int = 0,
-                   batch_size: int = 64) -> ContractCheck:
+                   batch_size: int = 64, forward_batch: int = 0) -> ContractCheck:
     """Score the declared contract on the reference sample and judge it (module doc)."""
     sample = CandidateSample(loaded, dataset, n_images=n_images, seed=seed,
-                             batch_size=batch_size)
+                             batch_size=batch_size, forward_batch=forward_batch)
     return judge_contract(sample.score, loaded.contract, sample.labels)
 
 

@@ -23,7 +23,7 @@ from audit.progress import progress
 
 __all__ = ["DatasetOutputs", "Predictor", "batch_outputs", "compute_outputs", "per_image_outputs",
            "assemble_outputs", "softmax",
-           "cell_size_sample", "cache_key", "CACHE_VERSION"]
+           "cell_size_sample", "cache_key", "resolve_forward_batch", "CACHE_VERSION"]
 
 CACHE_VERSION = "6"  # 5: usability properties and sizes on disk (safety flags); 6: the
 # cell_size sample drawn through audit.seeds
@@ -53,7 +53,7 @@ class Predictor:
     and scaling, so no caller can feed the model any other way.
     """
 
-    def __init__(self, model, *, batch_size: int = 64):
+    def __init__(self, model, *, batch_size: int = 64, forward_batch: int = 0):
 
         from model.loaded import as_loaded
 
@@ -61,6 +61,8 @@ class Predictor:
         self.model = self.loaded.keras_model
         self.contract = self.loaded.contract
         self.batch_size = batch_size
+        self.forward_batch = resolve_forward_batch(forward_batch, self.contract.input_size,
+                                                   batch_size)
         self.n_images = 0
         # One trace for every batch size, shared by every Predictor of this model: eager
         # per-call overhead dominates on CPU.
@@ -84,8 +86,8 @@ class Predictor:
             raise ValueError(f"images must have shape (N, {size}, {size}, 3) for this model, "
                              f"received {images.shape}")
         logits, embeddings = [], []
-        for start in range(0, len(images), self.batch_size):
-            chunk = tf.constant(images[start:start + self.batch_size], tf.float32)
+        for start in range(0, len(images), self.forward_batch):
+            chunk = tf.constant(images[start:start + self.forward_batch], tf.float32)
             lo, em = self._run(chunk)
             logits.append(lo.numpy().astype(np.float64))
             embeddings.append(em.numpy().astype(np.float32))
@@ -99,6 +101,32 @@ class Predictor:
 
     def probs(self, images: np.ndarray) -> np.ndarray:
         return softmax(self.logits(images))
+
+
+# Images per model call on a CPU: about this many pixels. A 2-core EPYC (32 MB L3) ran a
+# MobileNetV2 fastest at 4-6 images of 224 px, 8-12 of 160, 16 of 128, 32 of 96 and 64 of 64 px,
+# all near 2^18 pixels, and twice as fast per image at 224 px as in calls of 64 images: larger
+# calls spill the activations out of cache (bench/bench_forward_batch.py reruns this).
+PIXELS_PER_CALL = 2 ** 18
+
+
+def resolve_forward_batch(requested: int, input_size: int, batch_size: int) -> int:
+    """Images per model call: `requested` if > 0, else the CPU rule above (a GPU takes the
+    whole batch); never more than `batch_size`, which bounds the memory of a call.
+
+    Outputs differ between call sizes by float rounding (about 1e-6 in a logit), so the size is
+    a setting recorded in audit.json, not something timed at run time."""
+    if requested > 0:
+        return max(1, min(int(requested), int(batch_size)))
+    if _has_gpu():
+        return int(batch_size)
+    return max(1, min(int(batch_size), round(PIXELS_PER_CALL / input_size ** 2)))
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -178,7 +206,7 @@ def cache_key(predictor: Predictor, dataset: Dataset, cell_size_images: int) -> 
     return hashlib.sha256("|".join(map(str, (
         CACHE_VERSION, predictor.loaded.sha256, dataset.fingerprint, contract.input_size,
         contract.resize, contract.preprocess, contract.channel_order, contract.output,
-        cell_size_images))).encode()).hexdigest()[:32]
+        cell_size_images, predictor.forward_batch))).encode()).hexdigest()[:32]
 
 
 def _cache_file(cache_dir: Path, predictor: Predictor, dataset: Dataset,

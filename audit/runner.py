@@ -142,11 +142,13 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
     t0 = time.perf_counter()
     contract_check = check_contract(loaded, reference, seed=settings.seed,
                                     n_images=settings.contract_check_images,
-                                    batch_size=settings.batch_size)
+                                    batch_size=settings.batch_size,
+                                    forward_batch=settings.forward_batch)
     enforce(contract_check, force=force, where=where)
     timings["contract_check"] = time.perf_counter() - t0
 
-    predictor = Predictor(loaded, batch_size=settings.batch_size)
+    predictor = Predictor(loaded, batch_size=settings.batch_size,
+                          forward_batch=settings.forward_batch)
     views = {}
     t0 = time.perf_counter()
     outputs = engine.outputs({name: ds for name, (_, ds) in datasets.items()},
@@ -189,7 +191,8 @@ def _run_audit(model, specs, *, config, out_dir, label_map, strict, command, dec
         timings.update({f"pixels.{k}": float(v) for k, v in ctx.pixels.summary().items()})
         result = AuditResult(
             model={**loaded.describe(), "class_names": list(class_names),
-                   "input_size": image_size, "metadata": loaded.metadata,
+                   "input_size": image_size, "forward_batch": predictor.forward_batch,
+                   "metadata": loaded.metadata,
                    "contract_check": {**contract_check.describe(), "forced": bool(
                        force and contract_check.verdict == "wrong")}},
             datasets={name: {"role": spec.role, "source": spec.source, **ds.describe(),

@@ -151,6 +151,10 @@ def test_run_audit_checks_a_config_dict_built_in_code(tmp_path):
     with pytest.raises(audit.UsageError, match=r"checks.calibration.n_bins: expected"):
         run_audit("no-such-model.keras", [], config=config, out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+    config = default_config()
+    config["audit"]["forward_batch"] = -1
+    with pytest.raises(audit.UsageError, match=r"audit.forward_batch: expected"):
+        run_audit("no-such-model.keras", [], config=config, out_dir=tmp_path / "o")
 
 
 def test_every_public_name_is_documented():

@@ -24,6 +24,15 @@ def test_run_writes_strict_json_with_every_check(audit_out):
         assert len(info["fingerprint"]) == 64
 
 
+def test_audit_json_records_the_images_per_model_call(audit_out):
+    from audit.inference import resolve_forward_batch
+
+    data = json.loads((audit_out / "audit.json").read_text())
+    assert data["config"]["audit"]["forward_batch"] == 0
+    assert data["model"]["forward_batch"] == resolve_forward_batch(0, data["model"]["input_size"],
+                                                                  data["config"]["audit"]["batch_size"])
+
+
 def test_same_inputs_same_audit_json(audit_out, tiny_model, synthetic_sites, tmp_path):
     second = tmp_path / "again"
     main(["run", "--model", str(tiny_model), "--data", f"train={synthetic_sites['train']}",

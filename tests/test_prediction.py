@@ -66,3 +66,35 @@ def test_each_file_is_opened_once_and_sizes_are_the_headers(resize, tmp_path, mo
     assert by_name["broken.png"]["status"].startswith("unreadable")
     assert "far smaller than the model input" in by_name["tiny.png"]["refer_reason"]
     assert "far smaller" not in by_name["big.jpg"]["refer_reason"]
+
+
+# ---- images per model call ([audit] forward_batch) ---------------------------------------------
+
+def test_forward_batch_rule_holds_about_2_18_pixels_and_is_capped():
+    from audit.inference import resolve_forward_batch
+
+    picked = {size: resolve_forward_batch(0, size, 64) for size in (32, 64, 96, 224, 448, 2048)}
+    assert picked[32] == picked[64] == 64          # small inputs: the whole batch
+    assert picked[96] < 64 and picked[224] < picked[96]
+    for size in (96, 224, 448):                    # within a factor 2 of 2^18 pixels per call
+        assert 2 ** 17 <= picked[size] * size ** 2 <= 2 ** 19
+    assert picked[2048] == 1                       # never zero
+    assert resolve_forward_batch(0, 224, 3) == 3   # batch_size bounds a call's memory
+    assert resolve_forward_batch(7, 224, 64) == 7  # an explicit setting is taken as is
+    assert resolve_forward_batch(100, 224, 64) == 64
+
+
+def test_predictor_calls_the_model_in_forward_batch_chunks():
+    from audit.inference import Predictor
+
+    model = from_keras_model(_tiny_model(), ContractOptions(classes=("a", "b"), preprocess="unit"))
+    images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    whole = Predictor(model, batch_size=64, forward_batch=64)
+    chunked = Predictor(model, batch_size=64, forward_batch=3)
+    calls = []
+    run = chunked._run
+    chunked._run = lambda x: calls.append(int(x.shape[0])) or run(x)
+    logits, embeddings = chunked.outputs(images)
+    assert calls == [3, 3, 1]
+    assert chunked.n_images == 7 and logits.shape == (7, 2) and embeddings.shape[0] == 7
+    np.testing.assert_allclose(logits, whole.outputs(images)[0], rtol=0, atol=1e-5)

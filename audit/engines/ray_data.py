@@ -222,7 +222,8 @@ class RayEngine:
                 num_cpus=1, num_gpus=self.gpus_per_worker or None,
                 fn_constructor_kwargs={"model": model,
                                        "contract": _contract_fields(predictor.contract),
-                                       "batch_size": size})
+                                       "batch_size": size,
+                                       "forward_batch": predictor.forward_batch})
             writers = [ShardWriter(staging[name], len(todo[name][0])) for name in names]
             desc = f"predict {', '.join(names)} (ray)"
             for batch in progress(ds.iter_batches(batch_size=None, batch_format="numpy"),
@@ -269,7 +270,7 @@ def _scan_batch(batch: dict) -> dict:
 class _ImagePass:
     """One Ray actor: the model loaded once, then one batch of images per call."""
 
-    def __init__(self, *, model: dict, contract: dict, batch_size: int):
+    def __init__(self, *, model: dict, contract: dict, batch_size: int, forward_batch: int):
         from audit.inference import Predictor
         from model.contract import InputContract
         from model.loaded import ContractOptions, load_model
@@ -290,7 +291,7 @@ class _ImagePass:
             raise RuntimeError(f"the worker resolved another input contract "
                                f"({loaded.contract.summary()}) than the driver "
                                f"({expected.summary()})")
-        self.predictor = Predictor(loaded, batch_size=batch_size)
+        self.predictor = Predictor(loaded, batch_size=batch_size, forward_batch=forward_batch)
 
     def __call__(self, batch: dict) -> dict:
         from audit.data import read_images

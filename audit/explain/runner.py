@@ -91,7 +91,8 @@ def explain_audit(ctx) -> dict:
 
     predictor = ctx.predictor  # already traced: reuse it when its batch size is the one asked
     if getattr(predictor, "batch_size", None) != opts.batch_size:
-        predictor = Predictor(model, batch_size=opts.batch_size)
+        predictor = Predictor(model, batch_size=opts.batch_size,
+                              forward_batch=ctx.config["audit"]["forward_batch"])
     run = _Run(ctx, opts, model, predictor)
     datasets = {view.name: run.dataset(view) for view in ctx.evaluated}
     methods = run.method_entries(datasets)
