@@ -376,13 +376,15 @@ def run(args, workdir: Path) -> int:
     batch = read_images(list(heldout.paths[:batch_size]), size, resize=model.contract.resize)
     if len(batch) < batch_size:  # tiny heldout: tile it to a full batch
         batch = batch[[i % len(batch) for i in range(batch_size)]]
-    bare = Predictor(model, batch_size=batch_size)
+    bare = Predictor(model, batch_size=batch_size,
+                     forward_batch=int(config["audit"]["forward_batch"]))
     with Timer() as t_first:
         bare.outputs(batch)  # traces the graph function: a one-off the audit pays as well
     with Timer() as t_second:
         bare.outputs(batch)
     expected = _expected_passes(config, sets, heldout)
-    print(f"bare forward at batch {batch_size}: first call {t_first.seconds:.2f} s (tracing), "
+    print(f"bare forward at batch {batch_size} in model calls of {bare.forward_batch} "
+          f"([audit] forward_batch as the audit): first call {t_first.seconds:.2f} s (tracing), "
           f"then {1000 * t_second.seconds / batch_size:.1f} ms/image; expected forward passes "
           f"{expected}")
 
