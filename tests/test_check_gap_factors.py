@@ -292,3 +292,24 @@ def test_deterministic_and_budgeted(synthetic_audit, tmp_path):
     assert runs[0] == runs[1]
     m = runs[0]["metrics"]
     assert m["n_forward_passes"] == 30 and set(m["datasets"]["colour"]["directions"]) == {"undo"}
+
+
+def test_each_cell_mask_is_computed_once_and_the_shifted_set_only_after_colour_matching(
+        synthetic_audit, tmp_path, monkeypatch):
+    # The shifted set's cells are segmented in the reference's colours (fit_factors), so its
+    # masks in its own colours are never asked of the store; the reference's come from the
+    # store, each computed once whether the fit sample or the subset walk asks for it.
+    _, views, predictor, _ = synthetic_audit
+    chosen = [v for v in views if v.name in ("heldout", "scale")]
+    ctx = make_context(chosen, tmp_path=tmp_path, predictor=predictor, image_size=64,
+                       overrides=['checks.gap_factors.factors=["scale", "background"]',
+                                  "checks.gap_factors.n_boot=100", "checks.gap_factors.max_images=40",
+                                  "checks.gap_factors.fit_images=40"])
+    asked: list[str] = []
+    masks = ctx.pixels.masks
+    monkeypatch.setattr(ctx.pixels, "masks", lambda paths: asked.extend(paths) or masks(paths))
+    result = GapFactorsCheck().run(ctx)
+    assert result.status in (Status.PASS, Status.WARN)
+    shifted = set(chosen[1].dataset.paths)
+    assert asked and not shifted & set(asked)
+    assert ctx.pixels.masked == len(set(asked)) < len(asked)   # asked twice, computed once

@@ -64,11 +64,14 @@ def _interval(value: float, samples: np.ndarray) -> dict:
     return {"value": value, "low": low, "high": high}
 
 
-def _fit_sample(ctx: AuditContext, view: DatasetView, n: int, name: str) -> SetSample:
+def _fit_sample(ctx: AuditContext, view: DatasetView, n: int, name: str, *,
+                segment: bool) -> SetSample:
+    """`segment`: with the images' own masks (the pixel store's); the shifted set's cells are
+    segmented only after its colours are matched to the reference (`fit_factors`)."""
     idx = subsample(len(view), n, rng=ctx.rng(name, "fit", view.name))
     paths = [view.dataset.paths[i] for i in idx]
-    return SetSample.from_images(ctx.read_images(paths), paths=paths,
-                                 masks=ctx.pixels.masks(paths))
+    return SetSample.from_images(ctx.read_images(paths), paths=paths, segment=False,
+                                 masks=ctx.pixels.masks(paths) if segment else None)
 
 
 @register
@@ -114,7 +117,10 @@ class GapFactorsCheck(Check):
         names, directions = self._ordered(opts)
         ref_idx = stratified_subsample(ref.labels, opts.max_images,
                                        rng=ctx.rng(self.seed_name, "subsample", ref.name))
-        ref_sample = _fit_sample(ctx, ref, opts.fit_images, self.seed_name)
+        # Cell masks serve the scale and background factors; the reference is segmented in its
+        # own colours, the shifted set after colour matching (fit_factors' segment_in).
+        ref_sample = _fit_sample(ctx, ref, opts.fit_images, self.seed_name,
+                                 segment=bool({"scale", "background"} & set(names)))
         metrics = {"reference": ref.name, "factors": names,
                    "order": [n for n in IMAGE_FACTORS if n in names], "directions": directions,
                    "color_method": opts.color_method, "n_forward_passes": 0, "datasets": {}}
@@ -143,7 +149,7 @@ class GapFactorsCheck(Check):
         image_names = [n for n in names if n != "priors"]
         sh_idx = stratified_subsample(view.labels, opts.max_images,
                                       rng=ctx.rng(self.seed_name, "subsample", view.name))
-        sh_sample = _fit_sample(ctx, view, opts.fit_images, self.seed_name)
+        sh_sample = _fit_sample(ctx, view, opts.fit_images, self.seed_name, segment=False)
         sets = {"undo": (view, sh_idx, sh_sample, ref_sample),
                 "reproduce": (ref, ref_idx, ref_sample, sh_sample)}
         correct = {"undo": view.correct[sh_idx][None], "reproduce": ref.correct[ref_idx][None]}
@@ -351,19 +357,26 @@ class GapFactorsCheck(Check):
 
 
 def overlap_phrase(block: dict) -> str:
-    """How the factors' shares add up, in words: together, one at a time, and what is left."""
+    """How the factors' shares add up, in words: together, one at a time, and what is left.
+
+    The shares are Shapley values, so they can exceed a factor's effect alone: a sentence that
+    set "colour explains 61%" beside "the separate effects sum to 22%" read as a contradiction,
+    so the joint effect is named as what the shares divide."""
     explained, alone = block["explained"]["value"], block["sum_alone_share"]
-    together = f"all factors changed together explain {explained:.0%}"
+    text = f"changing all factors at once accounts for {explained:.0%} of the drop"
+    interaction = block["interaction_share"]
     if alone is not None and alone - explained > 0.05:
-        together += (f", less than the {alone:.0%} their separate effects sum to: the factors "
-                     f"overlap (interaction {block['interaction_share']:+.0%})")
+        text += (f"; one at a time their effects sum to {alone:.0%}, more than together: the "
+                 f"factors overlap (interaction {interaction:+.0%}) and the shares count each "
+                 f"overlap once")
     elif alone is not None and explained - alone > 0.05:
-        together += (f", more than the {alone:.0%} their separate effects sum to: they "
-                     f"reinforce each other (interaction {block['interaction_share']:+.0%})")
+        text += (f"; one at a time their effects sum to only {alone:.0%}: most of the effect "
+                 f"appears only when the factors change together (interaction "
+                 f"{interaction:+.0%}), and each factor's share includes its part of that joint "
+                 f"effect")
     if block["beyond_gap"]:
-        return (together + "; that is more than the whole drop, so their shares overlap or "
-                "overshoot and no part is left unexplained")
-    return together + f"; {block['unexplained']['value']:.0%} is unexplained"
+        return text + "; that is more than the whole drop, so no part is left unexplained"
+    return text + f"; {block['unexplained']['value']:.0%} is unexplained"
 
 
 def _pct(block: dict, *, ci: bool = True) -> str:

@@ -236,6 +236,12 @@ def fit_factors(source: SetSample, target: SetSample, names: Sequence[str], *,
             source = _with_masks(source, matcher)
         else:
             target = _with_masks(target, _fit_color(other, own, "macenko", seed))
+        unsegmented = [role for role, sample in (("source", source), ("target", target))
+                       if sample.masks is None]
+        if unsegmented:
+            raise ValueError(f"the {' and '.join(unsegmented)} sample has no cell masks, which "
+                             f"the scale and background factors need (SetSample.from_images "
+                             f"with segment=True)")
     out = []
     for name in IMAGE_FACTORS:
         if name not in names:

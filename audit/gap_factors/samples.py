@@ -75,15 +75,19 @@ class SetSample:
     the files say about acquisition (native crop side, JPEG quality; empty when unknown)."""
 
     images: np.ndarray
-    masks: np.ndarray
+    masks: np.ndarray | None   # None: not segmented in its own colours (see `from_images`)
     native_sides: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     jpeg_qualities: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
     @classmethod
     def from_images(cls, images: np.ndarray, *, paths: Sequence[str] = (),
-                    masks: np.ndarray | None = None) -> SetSample:
-        """`masks`: the images' white-cell masks when already computed (the pixel store)."""
-        return cls(images, white_cell_mask(images) if masks is None else masks,
+                    masks: np.ndarray | None = None, segment: bool = True) -> SetSample:
+        """`masks`: the images' white-cell masks when already computed (the pixel store);
+        `segment=False` leaves them None, for a sample whose cells are only ever segmented
+        after its colours are matched to the other set's (`fitting.fit_factors`)."""
+        if masks is None and segment:
+            masks = white_cell_mask(images)
+        return cls(images, masks,
                    np.array([native_side(p) for p in paths], int),
                    np.array([estimate_jpeg_quality(p) for p in paths], int))
 

@@ -31,7 +31,11 @@ def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, pixel
     batches = pixels.batches(dataset, batch_size=batch_size)
     for images, indices in progress(batches, desc=desc, total=n_batches, unit="batch"):
         batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
-        masks = factors.masks(images) if factors.needs_masks else None
+        masks = None
+        if factors.needs_masks and factors.segment_color is None:  # segmented as they are: the
+            masks = pixels.masks([dataset.paths[i] for i in indices])  # store's masks
+        elif factors.needs_masks:
+            masks = factors.masks(images)
         stack = [(0, 0, images, masks)]
         while stack:
             j, subset, batch, batch_masks = stack.pop()
