@@ -80,3 +80,13 @@ def test_an_ordinary_remainder_is_stated_plainly():
     block = _block([0.05, 0.03], [0.05, 0.03], 0.20)
     assert np.isclose(block["unexplained"]["value"], 0.6) and block["beyond_gap"] == 0.0
     assert overlap_phrase(block).endswith("60% is unexplained")
+
+
+def test_reinforcing_factors_are_worded_as_a_joint_effect_the_shares_divide():
+    # One at a time the factors recover 5 + 3 points of a 20-point gap; together 16: the shares
+    # (Shapley values, 10 and 6 points) exceed each factor's own effect, which must not read as
+    # a contradiction ("colour explains 50%" beside "their separate effects sum to 40%").
+    block = _block([0.10, 0.06], [0.05, 0.03], 0.20)
+    text = overlap_phrase(block)
+    assert "accounts for 80% of the drop" in text and "only 40%" in text
+    assert "joint effect" in text and "+40%" in text and text.endswith("20% is unexplained")
