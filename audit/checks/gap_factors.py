@@ -375,7 +375,7 @@ def overlap_phrase(block: dict) -> str:
                  f"{interaction:+.0%}), and each factor's share includes its part of that joint "
                  f"effect")
     if block["beyond_gap"]:
-        return text + "; that is more than the whole drop, so no part is left unexplained"
+        return text + f"; at {explained:.0%}, more than the whole drop, no part is left unexplained"
     return text + f"; {block['unexplained']['value']:.0%} is unexplained"
 
 
