@@ -295,10 +295,26 @@ def _mask_one(image: np.ndarray) -> np.ndarray | None:
             labels, _ = ndimage.label(cell & ((od @ own >= od @ other) | hull))
             cell = np.isin(labels, np.unique(labels[hull]))
 
-    mask = _cut_long_rays(cell, hull) | hull
-    rho = max(1.5, 0.2 * r_hull)
-    core = ndimage.distance_transform_edt(mask) >= rho
-    return ndimage.binary_fill_holes((ndimage.distance_transform_edt(~core) < rho) | hull)
+    return _open_and_fill(_cut_long_rays(cell, hull) | hull, hull, max(1.5, 0.2 * r_hull))
+
+
+def _open_and_fill(mask: np.ndarray, hull: np.ndarray, rho: float) -> np.ndarray:
+    """`mask` opened by a disc of radius `rho` (Euclidean distances), with `hull` kept and
+    holes filled; computed on the mask's bounding box grown by more than `rho`, which gives
+    the whole image's result: the box's inner edge is background, closer than anything
+    outside it."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    pad = int(np.ceil(rho)) + 2
+    r0, r1 = max(0, rows[0] - pad), min(mask.shape[0], rows[-1] + 1 + pad)
+    c0, c1 = max(0, cols[0] - pad), min(mask.shape[1], cols[-1] + 1 + pad)
+    box, hull_box = mask[r0:r1, c0:c1], hull[r0:r1, c0:c1]
+    core = ndimage.distance_transform_edt(box) >= rho
+    # With no core the opening is empty (the distance transform of an array without zeros
+    # measures from outside its corner instead).
+    opened = (ndimage.distance_transform_edt(~core) < rho) if core.any() else np.zeros_like(core)
+    out = np.zeros_like(mask)
+    out[r0:r1, c0:c1] = ndimage.binary_fill_holes(opened | hull_box)
+    return out
 
 
 def _three_classes(values: np.ndarray) -> np.ndarray | None:
@@ -320,7 +336,12 @@ def _nucleus_hull(nucleus: np.ndarray) -> np.ndarray:
     main = labels == 1 + np.argmax(area * np.exp(-((off_centre / 0.25) ** 2)))
     gap = ndimage.minimum(ndimage.distance_transform_edt(~main), labels, idx)
     keep = (gap <= 0.75 * np.sqrt(main.sum() / np.pi)) & (area >= 0.02 * main.sum())
-    return convex_hull_image(np.isin(labels, idx[keep]))
+    kept = np.isin(labels, idx[keep])
+    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the hull lies within
+    out = np.zeros_like(kept)
+    out[box] = convex_hull_image(kept[box])
+    return out
 
 
 def _cut_long_rays(cell: np.ndarray, hull: np.ndarray) -> np.ndarray:
@@ -336,10 +357,16 @@ def _cut_long_rays(cell: np.ndarray, hull: np.ndarray) -> np.ndarray:
     hit = cell[np.clip(np.rint(ys), 0, h - 1).astype(int), np.clip(np.rint(xs), 0, w - 1).astype(int)]
     length = radii[np.argmax(~hit | ~inside, axis=1)]
     length = np.minimum(length, 1.15 * ndimage.median_filter(length, size=_N_RAYS // 4 + 1, mode="wrap") + 1)
-    yy, xx = np.mgrid[:h, :w]
+    rows, cols = np.flatnonzero(cell.any(axis=1)), np.flatnonzero(cell.any(axis=0))
+    if not len(rows):
+        return cell
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # outside: not cell
+    yy, xx = np.mgrid[box]
     theta = np.arctan2(yy - cy, xx - cx) % (2 * np.pi)
     reach = np.interp(theta, np.append(angles, 2 * np.pi), np.append(length, length[0]))
-    return cell & (np.hypot(yy - cy, xx - cx) <= reach)
+    out = np.zeros_like(cell)
+    out[box] = cell[box] & (np.hypot(yy - cy, xx - cx) <= reach)
+    return out
 
 
 # ---- perceptual hash ---------------------------------------------------------------------------

@@ -291,3 +291,40 @@ def test_hamming_rejects_bad_hashes():
 def test_bad_images(func, images, message):
     with pytest.raises(ValueError, match=message):
         func(images)
+
+
+def test_opening_on_the_bounding_box_equals_the_whole_image():
+    # `_open_and_fill` works on the mask's bounding box; it must give the whole image's result
+    # wherever the mask lies, image edges included.
+    from scipy import ndimage
+
+    from audit.imaging import _open_and_fill
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:60, :70]
+    for trial in range(40):
+        cy, cx = rng.integers(0, 60), rng.integers(0, 70)
+        blob = np.hypot((yy - cy) * rng.uniform(0.5, 1.5), xx - cx) < rng.uniform(4, 20)
+        mask = blob | (rng.random((60, 70)) < 0.02) & ndimage.binary_dilation(blob, iterations=3)
+        hull = np.hypot(yy - cy, xx - cx) < 2
+        hull &= mask
+        mask |= hull
+        rho = rng.uniform(1.5, 4.0)
+        core = ndimage.distance_transform_edt(mask) >= rho
+        if not core.any():
+            continue
+        whole = ndimage.binary_fill_holes((ndimage.distance_transform_edt(~core) < rho) | hull)
+        assert np.array_equal(_open_and_fill(mask, hull, rho), whole), trial
+
+
+def test_an_opening_with_no_core_keeps_only_the_hull():
+    # A mask thinner than the disc has no core: the opening is empty. (The distance transform
+    # of an array without zeros measures from outside its top-left corner, which used to put
+    # a stray pixel there.)
+    from audit.imaging import _open_and_fill
+
+    mask = np.zeros((40, 40), bool)
+    mask[20, 5:35] = True
+    hull = np.zeros_like(mask)
+    hull[20, 19:22] = True
+    assert np.array_equal(_open_and_fill(mask, hull, 2.0), hull)
