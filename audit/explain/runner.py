@@ -91,8 +91,8 @@ def explain_audit(ctx) -> dict:
 
     predictor = ctx.predictor  # already traced: reuse it when its batch size is the one asked
     if getattr(predictor, "batch_size", None) != opts.batch_size:
-        predictor = Predictor(model, batch_size=opts.batch_size,
-                              forward_batch=ctx.config["audit"]["forward_batch"])
+        predictor = Predictor(model, batch_size=opts.batch_size,  # the run's call size
+                              forward_batch=getattr(predictor, "forward_batch", 0))
     run = _Run(ctx, opts, model, predictor)
     datasets = {view.name: run.dataset(view) for view in ctx.evaluated}
     methods = run.method_entries(datasets)
