@@ -36,7 +36,7 @@ AUDIT_DEFAULTS = {
     # whole batch). Outputs differ between call sizes by float rounding, so it is recorded.
     "forward_batch": 0,
     "cache_dir": str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cellaudit"),
-    # The cell_size property's white-cell mask costs more than a 224-px MobileNetV2 forward pass
+    # The cell_size property's white-cell mask costs about a 224-px MobileNetV2 forward pass
     # per image: measured on a seeded, class-stratified sample of this many images per set
     # (enough for drift tests and slices); 0 = every image.
     "cell_size_images": 256,

@@ -157,7 +157,7 @@ def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
 
     {"logits" (B, C) float64, "embeddings" (B, D) float32, "phash" (B, 8) uint64,
      "prop_<name>" (B,) per image property}; `measure_cell` (B,) bool: where to measure the
-    cell size (its mask costs more than a forward pass).
+    cell size (its mask costs about a forward pass).
     """
     from audit.imaging import image_properties, image_usability
     from audit.leakage.duplicates import dihedral_hashes
@@ -244,7 +244,7 @@ def compute_outputs(
 ) -> DatasetOutputs:
     """Outputs for every image of `dataset`, from the cache when present.
 
-    The white-cell mask behind the cell_size property costs more than a forward pass per image,
+    The white-cell mask behind the cell_size property costs about a forward pass per image,
     so with `cell_size_images` > 0 it is measured on a class-stratified sample of that many
     images, seeded by the dataset fingerprint (NaN elsewhere); 0 measures every image.
     """
