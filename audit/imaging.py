@@ -303,18 +303,25 @@ def _open_and_fill(mask: np.ndarray, hull: np.ndarray, rho: float) -> np.ndarray
     holes filled; computed on the mask's bounding box grown by more than `rho`, which gives
     the whole image's result: the box's inner edge is background, closer than anything
     outside it."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    pad = int(np.ceil(rho)) + 2
-    r0, r1 = max(0, rows[0] - pad), min(mask.shape[0], rows[-1] + 1 + pad)
-    c0, c1 = max(0, cols[0] - pad), min(mask.shape[1], cols[-1] + 1 + pad)
-    box, hull_box = mask[r0:r1, c0:c1], hull[r0:r1, c0:c1]
-    core = ndimage.distance_transform_edt(box) >= rho
+    box = _bounding_box(mask, pad=int(np.ceil(rho)) + 2)
+    core = ndimage.distance_transform_edt(mask[box]) >= rho
     # With no core the opening is empty (the distance transform of an array without zeros
     # measures from outside its corner instead).
     opened = (ndimage.distance_transform_edt(~core) < rho) if core.any() else np.zeros_like(core)
     out = np.zeros_like(mask)
-    out[r0:r1, c0:c1] = ndimage.binary_fill_holes(opened | hull_box)
+    out[box] = ndimage.binary_fill_holes(opened | hull[box])
     return out
+
+
+def _bounding_box(mask: np.ndarray, *, pad: int = 0) -> tuple[slice, slice] | None:
+    """Row and column slices of the True pixels of a 2-D mask, grown by `pad` within the
+    image; None for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    h, w = mask.shape
+    return (slice(max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)),
+            slice(max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)))
 
 
 def _three_classes(values: np.ndarray) -> np.ndarray | None:
@@ -337,8 +344,7 @@ def _nucleus_hull(nucleus: np.ndarray) -> np.ndarray:
     gap = ndimage.minimum(ndimage.distance_transform_edt(~main), labels, idx)
     keep = (gap <= 0.75 * np.sqrt(main.sum() / np.pi)) & (area >= 0.02 * main.sum())
     kept = np.isin(labels, idx[keep])
-    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the hull lies within
+    box = _bounding_box(kept)  # the hull lies within (it always holds the main nucleus)
     out = np.zeros_like(kept)
     out[box] = convex_hull_image(kept[box])
     return out
@@ -357,10 +363,9 @@ def _cut_long_rays(cell: np.ndarray, hull: np.ndarray) -> np.ndarray:
     hit = cell[np.clip(np.rint(ys), 0, h - 1).astype(int), np.clip(np.rint(xs), 0, w - 1).astype(int)]
     length = radii[np.argmax(~hit | ~inside, axis=1)]
     length = np.minimum(length, 1.15 * ndimage.median_filter(length, size=_N_RAYS // 4 + 1, mode="wrap") + 1)
-    rows, cols = np.flatnonzero(cell.any(axis=1)), np.flatnonzero(cell.any(axis=0))
-    if not len(rows):
+    box = _bounding_box(cell)  # outside it: not cell
+    if box is None:
         return cell
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # outside: not cell
     yy, xx = np.mgrid[box]
     theta = np.arctan2(yy - cy, xx - cx) % (2 * np.pi)
     reach = np.interp(theta, np.append(angles, 2 * np.pi), np.append(length, length[0]))
