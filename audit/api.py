@@ -22,7 +22,8 @@ __all__ = ["run", "predict", "gate"]
 Source = object  # a path, an (images, labels) pair of arrays, or a tf.data.Dataset
 
 
-def _contract_options(*, classes, classes_from, input_size, preprocess, resize, channel_order):
+def _contract_options(*, classes, classes_from, input_size, preprocess, resize, channel_order,
+                      views=None):
     from model.contract import parse_classes
     from model.loaded import ContractOptions
 
@@ -32,7 +33,7 @@ def _contract_options(*, classes, classes_from, input_size, preprocess, resize, 
         classes=tuple(classes) if classes is not None else None,
         classes_from=os.fspath(classes_from) if classes_from is not None else None,
         input_size=input_size, preprocess=preprocess, resize=resize,
-        channel_order=channel_order)
+        channel_order=channel_order, views=views)
 
 
 def _load(model, options):
@@ -113,6 +114,7 @@ def run(
     preprocess: str | None = None,
     resize: str | None = None,
     channel_order: str | None = None,
+    views: str | None = None,
     label_map=None,
     strict: bool = False,
     force: bool = False,
@@ -130,7 +132,8 @@ def run(
     `model`: a path (.keras, a tf.keras 2.x .h5, a SavedModel folder) or a `keras.Model` in
     memory, with its input contract as keywords when the model does not carry it (`classes`
     in output order or `classes_from` a class-per-folder path, `input_size`, `preprocess`
-    none|unit|symmetric|caffe|torch, `resize` crop|stretch|pad, `channel_order` RGB|BGR).
+    none|unit|symmetric|caffe|torch, `resize` crop|stretch|pad, `channel_order` RGB|BGR,
+    `views` single|dihedral8: the mean probability over the image's 8 rotations and mirrors).
     Each dataset: a class-per-folder path, a CSV manifest, an `(images, labels)` pair (uint8
     or float pixels, N x H x W x 3; labels as class indices or names) or a `tf.data.Dataset`
     of `(image, label)`; `shifted` maps names to datasets. `config`: a dict or TOML path of
@@ -156,7 +159,7 @@ def run(
     try:
         options = _contract_options(classes=classes, classes_from=classes_from,
                                     input_size=input_size, preprocess=preprocess, resize=resize,
-                                    channel_order=channel_order)
+                                    channel_order=channel_order, views=views)
         settings = _config(config, [*overrides, *_overrides(
             seed=seed, batch_size=batch_size, checks=checks, explain=explain, report=report,
             cache=cache)])
@@ -197,7 +200,7 @@ def predict(model, images, *, audit: AuditResult | str | os.PathLike | None = No
             batch_size: int = 64, classes: Sequence[str] | str | None = None,
             classes_from: str | os.PathLike | None = None, input_size: int | None = None,
             preprocess: str | None = None, resize: str | None = None,
-            channel_order: str | None = None):
+            channel_order: str | None = None, views: str | None = None):
     """Classify images: a pandas DataFrame when pandas is installed, else a list of dicts.
 
     `images`: image files or folders (a path or a list of them), or an array of pixels
@@ -214,7 +217,7 @@ def predict(model, images, *, audit: AuditResult | str | os.PathLike | None = No
     try:
         loaded = _load(model, _contract_options(
             classes=classes, classes_from=classes_from, input_size=input_size,
-            preprocess=preprocess, resize=resize, channel_order=channel_order))
+            preprocess=preprocess, resize=resize, channel_order=channel_order, views=views))
         scratch = None
         if isinstance(images, (str, os.PathLike)):
             paths = collect_images([os.fspath(images)])

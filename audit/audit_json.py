@@ -31,7 +31,8 @@ __all__ = ["SCHEMA_VERSION", "AuditJsonError", "AuditDocument", "View", "ModelVi
 
 # Major: a key was renamed or removed (readers refuse another major; older majors we know are
 # migrated on read). Minor: keys were added.
-SCHEMA_VERSION = "2.2"  # 2.1: timings count the pixel store's images (pixels.*); 2.2: model.forward_batch
+SCHEMA_VERSION = "2.3"  # 2.1: timings count the pixel store's images (pixels.*); 2.2:
+# model.forward_batch; 2.3: model.contract.views
 STATUSES = ("PASS", "WARN", "FAIL", "ERROR", "SKIP")
 # What each older major renamed, applied in order by `migrate`.
 _RENAMED_CHECKS = {"1": {"attribution": "gap_factors"}}

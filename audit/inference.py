@@ -62,7 +62,7 @@ class Predictor:
         self.contract = self.loaded.contract
         self.batch_size = batch_size
         self.forward_batch = resolve_forward_batch(forward_batch, self.contract.input_size,
-                                                   batch_size)
+                                                   batch_size, views=self.contract.views)
         self.n_images = 0
         # One trace for every batch size, shared by every Predictor of this model: eager
         # per-call overhead dominates on CPU.
@@ -110,9 +110,12 @@ class Predictor:
 PIXELS_PER_CALL = 2 ** 18
 
 
-def resolve_forward_batch(requested: int, input_size: int, batch_size: int) -> int:
+def resolve_forward_batch(requested: int, input_size: int, batch_size: int, *,
+                          views: str = "single") -> int:
     """Images per model call: `requested` if > 0, else the CPU rule above (a GPU takes the
-    whole batch); never more than `batch_size`, which bounds the memory of a call.
+    whole batch); never more than `batch_size`, which bounds the memory of a call. A model
+    with test-time views runs each image once per view in the same call, so the rule counts
+    the views' pixels.
 
     Outputs differ between call sizes by float rounding (about 1e-6 in a logit), so the size is
     a setting recorded in audit.json, not something timed at run time."""
@@ -120,7 +123,10 @@ def resolve_forward_batch(requested: int, input_size: int, batch_size: int) -> i
         return max(1, min(int(requested), int(batch_size)))
     if _has_gpu():
         return int(batch_size)
-    return max(1, min(int(batch_size), round(PIXELS_PER_CALL / input_size ** 2)))
+    from model.views import view_count
+
+    pixels = input_size ** 2 * view_count(views)
+    return max(1, min(int(batch_size), round(PIXELS_PER_CALL / pixels)))
 
 
 def _has_gpu() -> bool:
@@ -206,7 +212,7 @@ def cache_key(predictor: Predictor, dataset: Dataset, cell_size_images: int) -> 
     return hashlib.sha256("|".join(map(str, (
         CACHE_VERSION, predictor.loaded.sha256, dataset.fingerprint, contract.input_size,
         contract.resize, contract.preprocess, contract.channel_order, contract.output,
-        cell_size_images, predictor.forward_batch))).encode()).hexdigest()[:32]
+        contract.views, cell_size_images, predictor.forward_batch))).encode()).hexdigest()[:32]
 
 
 def _cache_file(cache_dir: Path, predictor: Predictor, dataset: Dataset,

@@ -275,13 +275,16 @@ VARIANTS: dict[str, dict] = {
                      "about": "linear head on frozen features only"},
     "default_8": {"task": 8, "train": [], "about": "the new default"},
     "default_8+tta": {"task": 8, "model": "default_8", "eval": "tta",
-                      "about": "default, mean probability over the 8 flips/transposes"},
+                      "about": "default, test-time views (`--views dihedral8`: mean "
+                               "probability over the 8 rotations and mirrors)"},
     "default_8_deep": {"task": 8, "train": ["--finetune-from", "block_10", "--finetune-epochs",
                                             "12", "--patience", "4"],
                        "about": "default, fine-tuning from block_10 (7 blocks) for 12 epochs"},
     "default_8_deep+tta": {"task": 8, "model": "default_8_deep", "eval": "tta",
-                           "about": "deep fine-tuning, mean probability over the 8 "
-                                    "flips/transposes"},
+                           "about": "deep fine-tuning, test-time views (`--views dihedral8`)"},
+    "accurate_8": {"task": 8, "train": ["--recipe", "accurate"],
+                   "about": "`--recipe accurate`: deep fine-tuning, test-time views recorded "
+                            "in the model"},
     # cross-lab (trained on the 5-class split; tested on the BCCD crops)
     "case_study": {"task": 5, "train": CASE_STUDY,
                    "about": "the case study's best remedy (56.1% there, on 1,200 training "
@@ -310,9 +313,9 @@ VARIANTS: dict[str, dict] = {
     "cross_site+adabn": {"task": 5, "model": "cross_site", "eval": "adabn",
                          "about": "cross-site, aligned AdaBN to the BCCD crops at test time"},
     "default+tta": {"task": 5, "model": "default", "eval": "tta",
-                    "about": "default, mean probability over the 8 flips/transposes"},
+                    "about": "default, test-time views (`--views dihedral8`)"},
     "cross_site+tta": {"task": 5, "model": "cross_site", "eval": "tta",
-                       "about": "cross-site, mean probability over the 8 flips/transposes"},
+                       "about": "cross-site, test-time views (`--views dihedral8`)"},
     # few-label: fine-tuned on up to 50 BCCD crops per class, tested on the other crops
     "fewlabel_cross_site": {"task": 5, "train": ["--recipe", "cross-site"], "fewlabel": 50,
                             "about": "cross-site + fine-tuning on <= 50 labelled BCCD crops "
@@ -325,7 +328,7 @@ SAMELAB = ["old_default", "study_head", "default", "default_bn_train", "default_
            "default_lr3e-4",
            "default_lr3e-5", "default_constant_lr", "default_no_augment", "default_block_10",
            "old_default_8", "study_head_8", "default_8", "default_8+tta", "default_8_deep",
-           "default_8_deep+tta"]
+           "default_8_deep+tta", "accurate_8"]
 CROSS = ["case_study", "old_default", "study_head", "default", "default_bn_train",
          "default_bn_frozen", "scale", "scale_3", "stain_strong", "blur_jpeg",
          "cross_site_finetune", "cross_site", "cross_site_strong", "cross_site_scale",
@@ -402,13 +405,15 @@ def evaluate_variant(work: Path, name: str, size: int) -> Path:
 def evaluate_worker(model_path: Path, sets: list[str], label_map_path: Path, out: Path,
                     size: int, transform: str | None, source: Path | None) -> None:
     import numpy as np
-    import tensorflow as tf
 
     from audit.data import iter_batches, load_dataset
+    from audit.inference import Predictor
     from audit.labels import load_label_map
-    from model.loaded import load_model
+    from model.loaded import ContractOptions, load_model
 
-    loaded = load_model(model_path)
+    # Test-time views through the product's own forward pass: as `audit run --views dihedral8`.
+    loaded = load_model(model_path, ContractOptions(views="dihedral8" if transform == "tta"
+                                                    else None))
     label_map = load_label_map(label_map_path)
     classes = list(loaded.contract.class_names)
     datasets = {}
@@ -424,14 +429,10 @@ def evaluate_worker(model_path: Path, sets: list[str], label_map_path: Path, out
         source_set = load_dataset(source, label_map=label_map, class_names=classes)
         align_batchnorm(loaded, datasets["bccd"], source_set)
         seconds["adabn"] = time.perf_counter() - started
-    forward = loaded.compiled_forward()
+    predictor = Predictor(loaded, batch_size=64)
 
     def predict(images):
-        x = tf.constant(images.astype(np.float32))
-        views = [x] if transform != "tta" else [x, x[:, ::-1], x[:, :, ::-1], x[:, ::-1, ::-1]]
-        if transform == "tta":
-            views += [tf.transpose(v, [0, 2, 1, 3]) for v in views]
-        return np.mean([tf.nn.softmax(forward(v)[0]).numpy() for v in views], axis=0)
+        return predictor.probs(images)
 
     arrays = {"class_names": np.array(classes)}
     for set_name, dataset in datasets.items():

@@ -4,7 +4,8 @@ A classifier is only right about images prepared the way it was trained on them.
 names every step between a file on disk and the model's input tensor:
 
     file -> RGB -> resize to the input size (`resize`) -> channel order (`channel_order`)
-         -> pixel scaling (`preprocess`) -> model -> outputs (`output`: probabilities or logits)
+         -> pixel scaling (`preprocess`) -> model, once or on each test-time view (`views`)
+         -> outputs (`output`: probabilities or logits)
 
 Every part of CellAudit that decodes or feeds images (checks, explainers, `audit predict`,
 `audit adapt`, `audit inspect`) does it through `audit.data` with `resize` and through the
@@ -32,8 +33,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from audit.errors import UsageError
+from model.views import VIEWS, view_count
 
-__all__ = ["InputContract", "PREPROCESS", "RESIZE", "CHANNEL_ORDERS", "OUTPUTS",
+__all__ = ["InputContract", "PREPROCESS", "RESIZE", "CHANNEL_ORDERS", "OUTPUTS", "VIEWS",
            "scale_images", "parse_classes", "CONTRACT_KEYS"]
 
 PREPROCESS = ("none", "unit", "symmetric", "caffe", "torch")
@@ -41,7 +43,8 @@ RESIZE = ("crop", "stretch", "pad")
 CHANNEL_ORDERS = ("RGB", "BGR")
 OUTPUTS = ("probabilities", "logits")
 # Keys a sidecar file or a model's metadata may hold for the contract.
-CONTRACT_KEYS = ("class_names", "input_size", "preprocess", "resize", "channel_order", "output")
+CONTRACT_KEYS = ("class_names", "input_size", "preprocess", "resize", "channel_order", "output",
+                 "views")
 
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -63,6 +66,7 @@ class InputContract:
     resize: str = "crop"
     channel_order: str = "RGB"
     output: str = "probabilities"
+    views: str = "single"
     sources: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,7 @@ class InputContract:
         _check_choice("resize", self.resize, RESIZE)
         _check_choice("channel-order", self.channel_order, CHANNEL_ORDERS)
         _check_choice("output", self.output, OUTPUTS)
+        _check_choice("views", self.views, VIEWS)
         names = list(self.class_names)
         if len(names) < 2:
             raise UsageError(f"--classes: a classifier needs at least 2 classes, received {names}")
@@ -100,7 +105,8 @@ class InputContract:
     def summary(self) -> str:
         return (f"{self.input_size} px, resize {self.resize}, {self.channel_order}, "
                 f"preprocess {self.preprocess}, outputs {self.output}, "
-                f"{self.n_classes} classes")
+                f"{self.n_classes} classes"
+                + ("" if self.views == "single" else f", mean of {view_count(self.views)} views ({self.views})"))
 
 
 def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:

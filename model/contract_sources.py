@@ -96,6 +96,7 @@ def resolve_contract(*, declared: dict, sidecar: dict, metadata: dict, input_sha
         fields_.setdefault(key, (value, "candidate"))
     fields_.setdefault("resize", ("crop", "default"))
     fields_.setdefault("channel_order", ("RGB", "default"))
+    fields_.setdefault("views", ("single", "default"))
     missing = []
     if "class_names" not in fields_:
         missing.append("class names (--classes a,b,c in output order, or --classes-from DIR: "
@@ -123,5 +124,6 @@ def resolve_contract(*, declared: dict, sidecar: dict, metadata: dict, input_sha
         class_names=tuple(str(c) for c in classes), input_size=size,
         preprocess=fields_["preprocess"][0], resize=fields_["resize"][0],
         channel_order=str(fields_["channel_order"][0]).upper(), output=output_kind,
+        views=str(fields_["views"][0]),
         sources={k: v[1] for k, v in fields_.items()} | {"output": "model outputs"})
     return contract

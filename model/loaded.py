@@ -35,6 +35,7 @@ from model.contract_sources import (
     resolve_contract,
     sidecar_path,
 )
+from model.views import apply_views, split_views, view_count
 
 __all__ = ["ContractOptions", "LoadedModel", "load_model", "from_keras_model", "as_loaded",
            "ModelFile", "read_model_file", "GraphUnavailable", "classes_from_folder"]
@@ -54,6 +55,7 @@ class ContractOptions:
     preprocess: str | None = None
     resize: str | None = None
     channel_order: str | None = None
+    views: str | None = None
 
     def declared(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -124,9 +126,14 @@ class LoadedModel:
             gradcam, unavailable = path_name(find_feature_layer(self.keras_model)), None
         except ValueError as exc:
             gradcam, unavailable = None, str(exc)
+        embedding = f"input of '{path_name(head)}'"
+        if self.contract.views != "single":  # what the audit's logits and embedding are
+            logits_from = f"log of the mean probability over the {self.contract.views} views " \
+                          f"(each view: {logits_from})"
+            embedding = f"mean over the {self.contract.views} views of the {embedding}"
         return {"layers": sum(1 for _ in iter_layer_paths(self.keras_model)),
                 "own_scaling_layer": own_scaling_layer(self.keras_model),
-                "logits": logits_from, "embedding": f"input of '{path_name(head)}'",
+                "logits": logits_from, "embedding": embedding,
                 "gradcam_layer": gradcam, "gradcam_unavailable": unavailable}
 
     def _head(self) -> tuple[tuple, str]:
@@ -169,8 +176,8 @@ class LoadedModel:
 
         contract = self.contract
 
-        def scaled(x):
-            return scale_images(x, preprocess=contract.preprocess,
+        def scaled(x):  # every test-time view of every image, scaled as in training
+            return scale_images(apply_views(x, contract.views), preprocess=contract.preprocess,
                                 channel_order=contract.channel_order)
 
         if self.keras_model is None:
@@ -182,6 +189,7 @@ class LoadedModel:
                     out = next(iter(out.values()))
                 logits = ops.cast(_outputs_as_logits(ops.convert_to_tensor(out), contract),
                                   "float32")
+                logits = _mean_over_views(logits, contract.views)
                 return logits, logits
             return forward
 
@@ -200,6 +208,9 @@ class LoadedModel:
             embedding = ops.reshape(embedding, (ops.shape(embedding)[0], -1))
             logits = (_pre_activation(embedding, dense) if pre_activation
                       else _outputs_as_logits(out, contract))
+            if contract.views != "single":
+                logits = _mean_over_views(logits, contract.views)
+                embedding = ops.mean(split_views(embedding, contract.views), axis=0)
             return ops.cast(logits, "float32"), ops.cast(embedding, "float32")
         return forward
 
@@ -207,7 +218,8 @@ class LoadedModel:
         """(layer path, function raw images -> (last feature map, logits)) for Grad-CAM.
 
         The logits are the classifier's pre-activation where the graph has it (gradients of
-        softmax outputs saturate on confident predictions, logits do not)."""
+        softmax outputs saturate on confident predictions, logits do not). With test-time
+        views both are every view's (view-major; `model.views.merge_views` turns maps back)."""
         from keras import ops
 
         from model.graph import find_feature_layer, path_name, tap
@@ -220,12 +232,14 @@ class LoadedModel:
         contract = self.contract
 
         def forward(x):
-            (feature,), final = run(scale_images(x, preprocess=contract.preprocess,
+            (feature,), final = run(scale_images(apply_views(x, contract.views),
+                                                 preprocess=contract.preprocess,
                                                  channel_order=contract.channel_order))
             if dense is not None:
-                return feature, _pre_activation(ops.reshape(final, (ops.shape(final)[0], -1)),
-                                                dense)
-            return feature, _outputs_as_logits(final, contract)
+                logits = _pre_activation(ops.reshape(final, (ops.shape(final)[0], -1)), dense)
+            else:
+                logits = _outputs_as_logits(final, contract)
+            return feature, logits
         return path_name(path), forward
 
     def with_keras_model(self, keras_model) -> LoadedModel:
@@ -247,6 +261,19 @@ def _pre_activation(embedding, dense):
 
     logits = ops.matmul(embedding, dense.kernel)
     return logits + dense.bias if dense.use_bias else logits
+
+
+def _mean_over_views(logits, views: str):
+    """Per-view logits (V * N, C) -> the log of the views' mean probability (N, C): the
+    logits of the averaged model (unchanged for a single view)."""
+    if views == "single":
+        return logits
+    import math
+
+    from keras import ops
+
+    per_view = split_views(ops.log_softmax(logits, axis=-1), views)
+    return ops.logsumexp(per_view, axis=0) - math.log(view_count(views))
 
 
 def _outputs_as_logits(out, contract: InputContract):

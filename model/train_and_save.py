@@ -139,7 +139,7 @@ def fit_and_save(
         "architecture": {"backbone": "MobileNetV2", "alpha": config.alpha,
                          "weights": config.weights, "head": "global average pool, dropout, dense"},
         "preprocessing": PREPROCESSING,
-        "input_contract": dict(INPUT_CONTRACT),
+        "input_contract": dict(INPUT_CONTRACT) | {"views": config.views},
         "outputs": "probabilities (softmax); logits at layer 'logits', embedding at layer 'pool'",
         "training_data": dataset.describe() | {"skipped": len(dataset.skipped)},
         "validation_data": (val_set.describe() | {"skipped": len(val_set.skipped)})

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {**metadata, "class_names": list(contract.class_names),
                 "input_size": contract.input_size,
                 "input_contract": {k: getattr(contract, k)
-                                   for k in ("preprocess", "resize", "channel_order")},
+                                   for k in ("preprocess", "resize", "channel_order", "views")},
                 "adaptation": [*metadata.get("adaptation", []), record]}
     metadata.pop("format", None)
     save_model(loaded.keras_model, args.out, metadata)

@@ -63,7 +63,7 @@ def load_label_map_option(args: argparse.Namespace):
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """How the model takes an image (its input contract); see `audit inspect`."""
-    from model.contract import PREPROCESS, RESIZE
+    from model.contract import PREPROCESS, RESIZE, VIEWS
 
     group = parser.add_argument_group(
         "model input contract",
@@ -86,6 +86,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channel-order", choices=("RGB", "BGR", "rgb", "bgr"),
                        help="channel order the model was trained on (BGR: images read with "
                             "OpenCV)")
+    group.add_argument("--views", choices=VIEWS,
+                       help="test-time views: single (the image as it is) or dihedral8 (mean "
+                            "probability over its 8 rotations and mirrors; 8 forward passes "
+                            "per image)")
 
 
 def contract_options(args: argparse.Namespace):
@@ -98,4 +102,5 @@ def contract_options(args: argparse.Namespace):
                            input_size=getattr(args, "input_size", None),
                            preprocess=getattr(args, "preprocess", None),
                            resize=getattr(args, "resize", None),
-                           channel_order=getattr(args, "channel_order", None))
+                           channel_order=getattr(args, "channel_order", None),
+                           views=getattr(args, "views", None))

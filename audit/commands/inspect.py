@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         target = sidecar_path(args.model)
         record = {key: value for key, value in contract.describe().items()
                   if key in ("class_names", "input_size", "preprocess", "resize",
-                             "channel_order")}
+                             "channel_order", "views")}
         record["found_by"] = {"command": "audit inspect", "data": str(args.data), "images": n,
                               "seed": args.seed, "accuracy": best.accuracy}
         write_json(target, record)

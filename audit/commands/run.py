@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out, config=args.config, overrides=list(args.set),
             classes=declared.classes, classes_from=declared.classes_from,
             input_size=declared.input_size, preprocess=declared.preprocess,
-            resize=declared.resize, channel_order=declared.channel_order,
+            resize=declared.resize, channel_order=declared.channel_order, views=declared.views,
             label_map=load_label_map_option(args), strict=args.strict, force=args.force,
             seed=args.seed, batch_size=args.batch_size, checks=args.checks,
             explain=False if args.no_explain else None,

@@ -285,7 +285,7 @@ class _ImagePass:
         loaded = load_model(path, ContractOptions(
             classes=tuple(contract["class_names"]), input_size=contract["input_size"],
             preprocess=contract["preprocess"], resize=contract["resize"],
-            channel_order=contract["channel_order"]))
+            channel_order=contract["channel_order"], views=contract["views"]))
         expected = InputContract(**{**contract, "class_names": tuple(contract["class_names"])})
         if loaded.contract != expected:
             raise RuntimeError(f"the worker resolved another input contract "

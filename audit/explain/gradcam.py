@@ -18,6 +18,10 @@ forward pass; a SavedModel has no layer graph, so Grad-CAM reports that it is no
 
 Map = ReLU(sum_k mean_xy(d logit / d A_k) * A_k), upsampled bilinearly to the input size;
 non-negative (`signed = False`). One traced tape per batch of `batch_size` images.
+
+A model with test-time views (`views = "dihedral8"` in its contract) averages its answers
+over the eight views, and its map is the mean of the eight views' maps, each computed from
+that view's own target logit and turned back to the image's orientation.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import tensorflow as tf
 from audit.explain.base import Explainer, register_explainer
 from audit.explain.config import ExplainOptions
 from model.graph import find_feature_layer
+from model.views import merge_views, view_count
 
 __all__ = ["GradCAM", "find_feature_layer", "FeatureHead"]
 
@@ -40,6 +45,7 @@ class FeatureHead:
 
     feature_path: str
     run: object  # callable(raw RGB images float32) -> (A, logits)
+    views: str = "single"  # A holds every test-time view of each image (model.views)
 
     @classmethod
     def from_model(cls, model, *, min_grid: int = 4) -> FeatureHead:
@@ -47,8 +53,9 @@ class FeatureHead:
         Raises `model.loaded.GraphUnavailable` for a model without a layer graph."""
         from model.loaded import as_loaded
 
-        path, run = as_loaded(model).feature_head(min_grid=min_grid)
-        return cls(path, run)
+        loaded = as_loaded(model)
+        path, run = loaded.feature_head(min_grid=min_grid)
+        return cls(path, run, loaded.contract.views)
 
 
 @register_explainer
@@ -74,12 +81,14 @@ class GradCAM(Explainer):
 
     def _cam_batch(self, images, targets):
         with tf.GradientTape() as tape:
-            feature, logits = self.head.run(images)
+            feature, logits = self.head.run(images)  # every view's, view-major
             tape.watch(feature)
+            targets = tf.tile(targets, [view_count(self.head.views)])
             score = tf.reduce_sum(tf.gather(logits, targets, axis=1, batch_dims=1))
         grads = tape.gradient(score, feature)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feature, axis=-1, keepdims=True))
+        cam = merge_views(cam, self.head.views)  # each view's map turned back, averaged
         return tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
 
     def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -78,7 +78,11 @@ def model_card_section(audit: Mapping, assets=None) -> dict:
 
 _CONTRACT_LABELS = (("class_names", "Class names, in output order"), ("input_size", "Input size"),
                     ("resize", "Resize"), ("channel_order", "Channel order"),
-                    ("preprocess", "Pixel scaling"), ("output", "Outputs"))
+                    ("preprocess", "Pixel scaling"), ("output", "Outputs"),
+                    ("views", "Test-time views"))
+_VIEWS_SHOWN = {"single": "one: the image as it is",
+                "dihedral8": "8: every answer is the mean probability over the image's four "
+                             "rotations and their mirror images"}
 _FORMATS = {"keras": "Keras 3 .keras archive", "h5": "legacy HDF5 (.h5) full model",
             "savedmodel": "TensorFlow SavedModel (inference only)", "memory": "model object"}
 
@@ -94,6 +98,8 @@ def _input_contract(model: Mapping) -> dict:
             shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
             if key == "input_size":
                 shown = f"{value} x {value} pixels"
+            if key == "views":
+                shown = _VIEWS_SHOWN.get(value, shown)
             rows.append((label, shown, sources.get(key, "")))
     check = model.get("contract_check") or {}
     declared = check.get("declared") or {}
