@@ -311,9 +311,11 @@ class _ImagePass:
 
 
 def _contract_fields(contract) -> dict:
-    return {"class_names": list(contract.class_names), "input_size": contract.input_size,
-            "preprocess": contract.preprocess, "resize": contract.resize,
-            "channel_order": contract.channel_order, "output": contract.output}
+    """Every field of the contract (not where each came from), as plain values for a worker."""
+    from dataclasses import fields
+
+    out = {f.name: getattr(contract, f.name) for f in fields(contract) if f.name != "sources"}
+    return out | {"class_names": list(contract.class_names)}
 
 
 def _model_blob(path: Path) -> tuple[bytes, str]:
