@@ -89,7 +89,8 @@ def test_gradcam_turns_each_view_back_before_averaging():
 
     model = quadrant_model()
     contract = ContractOptions(classes=("dark", "bright"), preprocess="none", views="dihedral8")
-    explainer = GradCAM(from_keras_model(model, contract), batch_size=2)
+    explainer = GradCAM(from_keras_model(model, contract), batch_size=8)
+    assert explainer.tape_images == 1  # 8 inputs per tape, as 8 images without views
     maps = explainer.explain(quadrant_images(np.random.default_rng(0)), np.array([1, 1]))
     assert maps.shape == (2, 32, 32)
     # Maps not turned back would spread over all four corners (a quarter each).

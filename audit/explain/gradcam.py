@@ -69,6 +69,9 @@ class GradCAM(Explainer):
                  predictor=None):
         super().__init__(model, seed=seed, batch_size=batch_size, predictor=predictor)
         self.head = FeatureHead.from_model(model, min_grid=min_grid)
+        # A tape holds its batch's activations: with test-time views each image is 8 inputs,
+        # so a tape takes fewer images and holds as many inputs as without views.
+        self.tape_images = max(1, self.batch_size // view_count(self.head.views))
         self.gradient_passes = 0
         # One trace for every batch size and image size: tracing costs seconds on CPU.
         self._cam = tf.function(self._cam_batch, input_signature=[
@@ -93,9 +96,10 @@ class GradCAM(Explainer):
 
     def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         maps = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = tf.constant(images[start:start + self.batch_size], tf.float32)
-            picked = tf.constant(targets[start:start + self.batch_size], tf.int32)
+        step = self.tape_images
+        for start in range(0, len(images), step):
+            chunk = tf.constant(images[start:start + step], tf.float32)
+            picked = tf.constant(targets[start:start + step], tf.int32)
             maps.append(self._cam(chunk, picked).numpy())
             self.gradient_passes += int(chunk.shape[0])
         return np.concatenate(maps)
