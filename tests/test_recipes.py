@@ -101,6 +101,11 @@ def test_recipes_fill_in_and_explicit_options_win():
     assert mixed.finetune_epochs == 2 and mixed.seed == TrainConfig().seed
     assert mixed.augment.zoom_in == 1.5
     assert mixed.augment.blur_sigma == RECIPES["cross-site-finetune"].augment["blur_sigma"]
+    accurate = make_config("accurate")
+    assert (accurate.finetune_from, accurate.views) == ("block_10", "dihedral8")
+    assert make_config("accurate", train={"views": "single"}).views == "single"
+    with pytest.raises(UsageError, match="--views"):
+        make_config(train={"views": "flips"})
     with pytest.raises(UsageError, match="--recipe"):
         make_config("fast")
     with pytest.raises(UsageError, match="--label-smoothing"):
@@ -122,7 +127,8 @@ def test_train_help_states_every_default_and_the_cli_uses_them(tmp_path):
                 "--batchnorm": defaults.batchnorm, "--finetune-from": defaults.finetune_from,
                 "--label-smoothing": f"{defaults.label_smoothing:g}",
                 "--imbalance": defaults.imbalance, "--patience": defaults.patience,
-                "--input-size": defaults.input_size, "--batch-size": defaults.batch_size}
+                "--input-size": defaults.input_size, "--batch-size": defaults.batch_size,
+                "--views": defaults.views}
     for option, value in expected.items():
         assert f"default {value}" in texts[option], option
         # ... and a reason: a clause after the default.
