@@ -35,7 +35,7 @@ from model.contract_sources import (
     resolve_contract,
     sidecar_path,
 )
-from model.views import apply_views, split_views, view_count
+from model.views import apply_views, mean_over_views, split_views
 
 __all__ = ["ContractOptions", "LoadedModel", "load_model", "from_keras_model", "as_loaded",
            "ModelFile", "read_model_file", "GraphUnavailable", "classes_from_folder"]
@@ -189,7 +189,7 @@ class LoadedModel:
                     out = next(iter(out.values()))
                 logits = ops.cast(_outputs_as_logits(ops.convert_to_tensor(out), contract),
                                   "float32")
-                logits = _mean_over_views(logits, contract.views)
+                logits = mean_over_views(logits, contract.views)
                 return logits, logits
             return forward
 
@@ -209,7 +209,7 @@ class LoadedModel:
             logits = (_pre_activation(embedding, dense) if pre_activation
                       else _outputs_as_logits(out, contract))
             if contract.views != "single":
-                logits = _mean_over_views(logits, contract.views)
+                logits = mean_over_views(logits, contract.views)
                 embedding = ops.mean(split_views(embedding, contract.views), axis=0)
             return ops.cast(logits, "float32"), ops.cast(embedding, "float32")
         return forward
@@ -261,19 +261,6 @@ def _pre_activation(embedding, dense):
 
     logits = ops.matmul(embedding, dense.kernel)
     return logits + dense.bias if dense.use_bias else logits
-
-
-def _mean_over_views(logits, views: str):
-    """Per-view logits (V * N, C) -> the log of the views' mean probability (N, C): the
-    logits of the averaged model (unchanged for a single view)."""
-    if views == "single":
-        return logits
-    import math
-
-    from keras import ops
-
-    per_view = split_views(ops.log_softmax(logits, axis=-1), views)
-    return ops.logsumexp(per_view, axis=0) - math.log(view_count(views))
 
 
 def _outputs_as_logits(out, contract: InputContract):

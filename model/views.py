@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from itertools import product
 
-__all__ = ["VIEWS", "DIHEDRAL8", "view_count", "apply_views", "split_views", "merge_views"]
+__all__ = ["VIEWS", "DIHEDRAL8", "view_count", "apply_views", "split_views", "merge_views",
+           "mean_over_views"]
 
 VIEWS = ("single", "dihedral8")
 # (transpose, flip rows, flip columns); the first is the identity.
@@ -85,3 +86,16 @@ def merge_views(maps, views: str):
     per_view = split_views(maps, views)
     return ops.mean(ops.stack([_undo(per_view[i], *t) for i, t in enumerate(transforms)]),
                     axis=0)
+
+
+def mean_over_views(logits, views: str):
+    """Per-view logits (V * N, C) -> the log of the views' mean probability (N, C): the
+    logits of the averaged model (unchanged for a single view)."""
+    if views == "single":
+        return logits
+    import math
+
+    from keras import ops
+
+    per_view = split_views(ops.log_softmax(logits, axis=-1), views)
+    return ops.logsumexp(per_view, axis=0) - math.log(view_count(views))
