@@ -60,9 +60,9 @@ class PixelStore:
         return out
 
     def masks(self, paths: Sequence[str]) -> np.ndarray:
-        """(N, S, S) bool white-cell masks of `paths` (`imaging.white_cell_mask` of the stored
+        """(N, S, S) bool white-cell masks of `paths` (`cell_mask.white_cell_mask` of the stored
         pixels), each computed once."""
-        from audit.imaging import white_cell_mask
+        from audit.cell_mask import white_cell_mask
 
         paths = [str(p) for p in paths]
         found = {p: self._masks[p] for p in dict.fromkeys(paths) if p in self._masks}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from audit.cell_mask import white_cell_mask
 from audit.gap_factors import (
     BackgroundFactor,
     ResolutionFactor,
@@ -19,7 +20,6 @@ from audit.gap_factors import (
     zoom_images,
 )
 from audit.gap_factors.stain import MacenkoStains, ReinhardStats
-from audit.imaging import white_cell_mask
 from audit.synthetic import REFERENCE_SITE, SiteDomain, generate
 
 N, SIZE = 40, 64

@@ -1,4 +1,5 @@
-"""Tests for audit.imaging: image properties, the white-cell mask and perceptual hashes."""
+"""Tests for audit.imaging and audit.cell_mask: image properties, the white-cell mask and
+perceptual hashes."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from scipy import fft
 from skimage.color import hsv2rgb, rgb2hsv
 
 import audit.imaging as imaging
+from audit.cell_mask import white_cell_mask
 from audit.imaging import (
     PROPERTIES,
     hamming_distance_matrix,
     image_properties,
     perceptual_hash,
-    white_cell_mask,
 )
 from audit.synthetic import REFERENCE_SITE, SHIFTED_SITE, generate
 
@@ -298,7 +299,7 @@ def test_opening_on_the_bounding_box_equals_the_whole_image():
     # wherever the mask lies, image edges included.
     from scipy import ndimage
 
-    from audit.imaging import _open_and_fill
+    from audit.cell_mask import _open_and_fill
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:60, :70]
@@ -321,7 +322,7 @@ def test_an_opening_with_no_core_keeps_only_the_hull():
     # A mask thinner than the disc has no core: the opening is empty. (The distance transform
     # of an array without zeros measures from outside its top-left corner, which used to put
     # a stray pixel there.)
-    from audit.imaging import _open_and_fill
+    from audit.cell_mask import _open_and_fill
 
     mask = np.zeros((40, 40), bool)
     mask[20, 5:35] = True

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from audit.cell_mask import white_cell_mask
 from audit.data import Dataset, iter_batches, read_images
-from audit.imaging import white_cell_mask
 from audit.pixels import PixelStore
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import mannwhitneyu
 
+from audit.cell_mask import white_cell_mask
 from audit.gap_factors.samples import LUMA, SetSample, luminance_sharpness, sharpness
 from audit.gap_factors.stain import (
     MacenkoStains,
@@ -28,7 +29,6 @@ from audit.gap_factors.transforms import (
     background_stats,
     fill_cell,
 )
-from audit.imaging import white_cell_mask
 
 _MIN_CELLS = 3          # segmented cells a sample needs before its cell size is trusted
 _ALPHA = 0.01           # a property drives a transform only if the two samples differ (Mann-Whitney)

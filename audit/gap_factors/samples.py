@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from audit.imaging import white_cell_mask
+from audit.cell_mask import white_cell_mask
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # IJG's standard luminance quantisation table (quality 50), natural order.

@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from audit import seeds
+from audit.cell_mask import white_cell_mask
 from audit.gap_factors.stain import (
     MacenkoStains,
     ReinhardStats,
@@ -20,7 +21,6 @@ from audit.gap_factors.stain import (
     reinhard_transfer,
     rgb_to_lab,
 )
-from audit.imaging import white_cell_mask
 
 IMAGE_FACTORS: tuple[str, ...] = ("scale", "background", "color", "sharpness", "resolution")
 FACTORS: tuple[str, ...] = ("color", "scale", "sharpness", "resolution", "background", "priors")
