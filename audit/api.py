@@ -45,7 +45,7 @@ def _load(model, options):
     if isinstance(model, LoadedModel):
         if options.declared():
             raise UsageError("model: a LoadedModel already has its contract; pass the model "
-                             "path or object to declare classes, preprocess or resize")
+                             "path or object to declare classes, preprocess, resize or views")
         return model
     try:
         import keras
@@ -238,7 +238,7 @@ def predict(model, images, *, audit: AuditResult | str | os.PathLike | None = No
         referral = Referral()
         if audit is not None:
             where = audit.location if isinstance(audit, AuditResult) else audit
-            referral = audit_referral(where, loaded.sha256)
+            referral = audit_referral(where, loaded.sha256, loaded.contract)
         rows = list(predict_rows(loaded, paths, referral=referral, batch_size=batch_size))
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

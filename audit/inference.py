@@ -114,17 +114,17 @@ def resolve_forward_batch(requested: int, input_size: int, batch_size: int, *,
                           views: str = "single") -> int:
     """Images per model call: `requested` if > 0, else the CPU rule above (a GPU takes the
     whole batch); never more than `batch_size`, which bounds the memory of a call. A model
-    with test-time views runs each image once per view in the same call, so the rule counts
-    the views' pixels.
+    with test-time views runs each image once per view in the same call, so the automatic
+    sizes count its inputs (8 per image with dihedral8); an explicit `requested` counts images.
 
     Outputs differ between call sizes by float rounding (about 1e-6 in a logit), so the size is
     a setting recorded in audit.json, not something timed at run time."""
+    from model.views import view_count
+
     if requested > 0:
         return max(1, min(int(requested), int(batch_size)))
     if _has_gpu():
-        return int(batch_size)
-    from model.views import view_count
-
+        return max(1, int(batch_size) // view_count(views))
     pixels = input_size ** 2 * view_count(views)
     return max(1, min(int(batch_size), round(PIXELS_PER_CALL / pixels)))
 

@@ -46,9 +46,15 @@ def collect_images(items: list[str]) -> list[str]:
     return paths
 
 
-def _read_audit(audit_path: str | Path, model_sha256: str) -> AuditDocument:
+# What changes the model's outputs: an audit's temperature, threshold and OOD model hold
+# only for the model fed as in the audit (defaults for audits written before a field existed).
+_FED_AS = {"input_size": None, "preprocess": None, "resize": None, "channel_order": None,
+           "views": "single"}
+
+
+def _read_audit(audit_path: str | Path, model_sha256: str, contract=None) -> AuditDocument:
     """The audit (through the one loader: version checked, older schema migrated), refused
-    when it was computed for another model."""
+    when it was computed for another model, or for this one fed another way (`contract`)."""
     try:
         audit = load_audit(audit_path, label="--audit")
         sha = audit.model.sha256
@@ -57,6 +63,14 @@ def _read_audit(audit_path: str | Path, model_sha256: str) -> AuditDocument:
     if sha != model_sha256:
         raise InputError(f"--audit '{audit_path}' was computed for another model (sha256 "
                          f"{sha[:12] or 'None'}...); re-run the audit")
+    audited = audit.model.get("contract") or {}
+    for key, default in _FED_AS.items() if contract is not None else ():
+        then, now = audited.get(key, default), getattr(contract, key)
+        if then is not None and then != now:
+            option = "--" + key.replace("_", "-")
+            raise InputError(f"--audit '{audit_path}' was computed with the model fed "
+                             f"{option} {then}; here it is fed {option} {now}. Give "
+                             f"{option} {then}, or re-run the audit")
     return audit
 
 
@@ -98,11 +112,12 @@ class Referral:
     safety: SafetyRules = field(default_factory=SafetyRules)
 
 
-def audit_referral(audit_path: str | Path, model_sha256: str) -> Referral:
-    """The audit's temperature, threshold and safety model for this very model."""
+def audit_referral(audit_path: str | Path, model_sha256: str, contract=None) -> Referral:
+    """The audit's temperature, threshold and safety model for this very model, fed the way
+    `contract` (an `InputContract`, when given) says."""
     from audit.safety import OODModel
 
-    audit = _read_audit(audit_path, model_sha256)
+    audit = _read_audit(audit_path, model_sha256, contract)
     # Each part is optional: a check that was not run (or not computed) refers nothing.
     calibration, selective, safety_check = (audit.check(n) for n in
                                             ("calibration", "selective", "safety"))

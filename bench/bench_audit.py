@@ -194,6 +194,7 @@ class Breakdown:
             ("audit.data", "iter_batches", self.waited("wait for decoded batch")),
             ("audit.data", "scan_files", self.timed("file check (decode all)")),
             ("audit.imaging", "image_properties", self.timed("image_properties")),
+            ("audit.imaging", "white_cell_mask", self.timed("white_cell_mask")),  # before 5296d3d
             ("audit.cell_mask", "white_cell_mask", self.timed("white_cell_mask")),
             ("audit.leakage.duplicates", "dihedral_hashes", self.timed("dihedral_hashes")),
             ("audit.imaging", "perceptual_hash", self.timed("perceptual_hash")),

@@ -126,8 +126,8 @@ RECIPES: dict[str, Recipe] = {
         "fine-tuning epochs from block_10 (7 blocks; patience 4), and every prediction the "
         "mean over the image's 8 rotations and mirrors (views dihedral8, recorded in the "
         "model). Measured on the 8 PBC classes: 97.5%% against 92.3%% for the default "
-        "(bench/README.md), at twice the default's training time and 8 forward passes per "
-        "image in every prediction and audit",
+        "(bench/README.md), at twice the default's CPU time in training and 8 forward "
+        "passes per image in every prediction and audit",
         train={"finetune_from": "block_10", "finetune_epochs": 12, "patience": 4,
                "views": "dihedral8"}),
     "cross-site": Recipe(

@@ -112,13 +112,14 @@ class LoadedModel:
     def graph_summary(self) -> dict:
         """Where the logits, embedding and Grad-CAM maps come from (for inspect and the card)."""
         if self.keras_model is None:
-            return {"layers": None, "own_scaling_layer": None,
-                    "logits": "log of the outputs" if self.contract.output == "probabilities"
-                    else "the outputs",
-                    "embedding": "the logits (a SavedModel has no layer graph)",
-                    "gradcam_layer": None,
-                    "gradcam_unavailable": "Grad-CAM needs the layer graph, which a SavedModel "
-                                           "loaded for inference does not have"}
+            summary = {"layers": None, "own_scaling_layer": None,
+                       "logits": "log of the outputs" if self.contract.output == "probabilities"
+                       else "the outputs",
+                       "embedding": "the logits (a SavedModel has no layer graph)",
+                       "gradcam_layer": None,
+                       "gradcam_unavailable": "Grad-CAM needs the layer graph, which a "
+                                              "SavedModel loaded for inference does not have"}
+            return self._views_summary(summary)
         from model.graph import find_feature_layer, iter_layer_paths, own_scaling_layer, path_name
 
         head, logits_from = self._head()
@@ -126,15 +127,21 @@ class LoadedModel:
             gradcam, unavailable = path_name(find_feature_layer(self.keras_model)), None
         except ValueError as exc:
             gradcam, unavailable = None, str(exc)
-        embedding = f"input of '{path_name(head)}'"
-        if self.contract.views != "single":  # what the audit's logits and embedding are
-            logits_from = f"log of the mean probability over the {self.contract.views} views " \
-                          f"(each view: {logits_from})"
-            embedding = f"mean over the {self.contract.views} views of the {embedding}"
-        return {"layers": sum(1 for _ in iter_layer_paths(self.keras_model)),
-                "own_scaling_layer": own_scaling_layer(self.keras_model),
-                "logits": logits_from, "embedding": embedding,
-                "gradcam_layer": gradcam, "gradcam_unavailable": unavailable}
+        return self._views_summary({
+            "layers": sum(1 for _ in iter_layer_paths(self.keras_model)),
+            "own_scaling_layer": own_scaling_layer(self.keras_model), "logits": logits_from,
+            "embedding": f"input of '{path_name(head)}'", "gradcam_layer": gradcam,
+            "gradcam_unavailable": unavailable})
+
+    def _views_summary(self, summary: dict) -> dict:
+        """With test-time views, the audit's logits and embedding are the views' averages."""
+        views = self.contract.views
+        if views == "single":
+            return summary
+        return summary | {
+            "logits": f"softmax: the mean probability over the {views} views; logsumexp: "
+                      f"the views' mean (each view: {summary['logits']})",
+            "embedding": f"mean over the {views} views of the {summary['embedding']}"}
 
     def _head(self) -> tuple[tuple, str]:
         from model.graph import classifier_head, iter_layer_paths, path_name

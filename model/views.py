@@ -89,13 +89,17 @@ def merge_views(maps, views: str):
 
 
 def mean_over_views(logits, views: str):
-    """Per-view logits (V * N, C) -> the log of the views' mean probability (N, C): the
-    logits of the averaged model (unchanged for a single view)."""
+    """Per-view logits (V * N, C) -> logits (N, C) of the averaged model: their softmax is
+    the views' mean probability, and their logsumexp the views' mean logsumexp, so the
+    energy score (-logsumexp) of the averaged model is the views' mean energy rather than a
+    constant. Unchanged for a single view."""
     if views == "single":
         return logits
     import math
 
     from keras import ops
 
-    per_view = split_views(ops.log_softmax(logits, axis=-1), views)
-    return ops.logsumexp(per_view, axis=0) - math.log(view_count(views))
+    per_view = split_views(logits, views)                                  # (V, N, C)
+    log_mean_p = ops.logsumexp(ops.log_softmax(per_view, axis=-1), axis=0) \
+        - math.log(view_count(views))
+    return log_mean_p + ops.mean(ops.logsumexp(per_view, axis=-1, keepdims=True), axis=0)

@@ -57,8 +57,13 @@ def test_forward_is_the_mean_probability_over_the_views():
     logits, embeddings = averaged.outputs(images)
     assert averaged.n_images == 5  # images, not image-views
     expected = np.mean([single.probs(numpy_view(images, *t)) for t in DIHEDRAL8], axis=0)
-    np.testing.assert_allclose(np.exp(logits), expected, atol=1e-5)  # logits: log of the mean
     np.testing.assert_allclose(averaged.probs(images), expected, atol=1e-5)
+    # ... and the energy score (-logsumexp of the logits) is the views' mean energy, not 0.
+    from audit.checks.selective import energy_score
+
+    np.testing.assert_allclose(energy_score(logits),
+                               np.mean([energy_score(lo) for lo, _ in per_view], axis=0),
+                               atol=1e-4)
     np.testing.assert_allclose(embeddings, np.mean([e for _, e in per_view], axis=0), atol=1e-5)
     assert not np.allclose(single.probs(images), expected, atol=1e-3)  # the views do differ
 
@@ -98,7 +103,7 @@ def test_gradcam_turns_each_view_back_before_averaging():
     assert maps[1, 16:, 16:].sum() / maps[1].sum() > 0.9
 
 
-def test_train_records_the_views_and_the_audit_applies_them(synthetic_sites, tmp_path):
+def test_train_records_the_views_and_the_audit_applies_them(synthetic_sites, tmp_path, capsys):
     import json
 
     from conftest import TINY_TRAIN
@@ -126,3 +131,12 @@ def test_train_records_the_views_and_the_audit_applies_them(synthetic_sites, tmp
                  "single", "--no-explain", "--no-report", "--set", 'audit.cache_dir=""']) in (0, 1)
     single = json.loads((tmp_path / "single" / "audit.json").read_text())["model"]["contract"]
     assert (single["views"], single["sources"]["views"]) == ("single", "option")
+    # An audit's calibration and referral hold only for the model fed as in the audit.
+    capsys.readouterr()
+    images = str(synthetic_sites["heldout"])
+    assert main(["predict", images, "--model", str(path), "--audit", str(out / "audit.json"),
+                 "--views", "single", "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "--views dihedral8" in err and err.count("\n") == 1, err
+    assert main(["predict", images, "--model", str(path), "--audit", str(out / "audit.json"),
+                 "--out", str(tmp_path / "p.csv")]) == 0

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.out)
     paths = collect_images(args.images)
     loaded = load_model(args.model, contract_options(args))
-    referral = audit_referral(args.audit, loaded.sha256) if args.audit else Referral()
+    referral = audit_referral(args.audit, loaded.sha256, loaded.contract) if args.audit else Referral()
     header = [*COLUMNS, *[f"p_{c}" for c in loaded.contract.class_names]]
     n_unreadable = n_referred = 0
     with atomic_path(args.out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:

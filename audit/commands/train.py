@@ -247,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     result = fit_and_save(data, out, config=config, val_set=val, val_fraction=args.val_split,
                           group_split=args.group_split, target=target,
                           n_per_class=args.n_per_class, target_epochs=args.target_epochs)
-    status(f"saved {out} (validation accuracy {result['val_accuracy']:.3f}, "
+    one_view = "" if config.views == "single" else " on one view; predictions use 8"
+    status(f"saved {out} (validation accuracy {result['val_accuracy']:.3f}{one_view}, "
            f"{time.perf_counter() - started:.0f} s)")
     return 0

@@ -110,6 +110,7 @@ def _input_contract(model: Mapping) -> dict:
         "format": _FORMATS.get(model.get("format"), model.get("format") or "not recorded"),
         "format_notes": list(model.get("notes") or []),
         "contract_rows": rows,
+        "views_averaged": contract.get("views", "single") != "single",
         "contract_check": {
             "images": check.get("images"), "verdict": check.get("verdict"),
             "message": check.get("message"), "forced": check.get("forced", False),
