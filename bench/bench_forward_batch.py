@@ -1,15 +1,19 @@
 """Forward-pass speed by images per model call: where `[audit] forward_batch`'s default comes from.
 
     python bench/bench_forward_batch.py [--sizes 224,160,96,64] [--images 96] [--repeats 3]
-        [--alpha 1.0] [--weights PATH]
+        [--alpha 1.0] [--weights PATH] [--views single,dihedral8]
 
 For each input size, one MobileNetV2 classifier (as `audit train` builds it) is called through
 `audit.inference.Predictor` on the same synthetic images in calls of 1 to 64 images. Each call
 size is timed `--repeats` times, interleaved with the others so that a change of machine load
 hits them all; the best repeat counts. Printed per size: ms per image for each call size, the
-ratio against calls of 64 (the old default) and the call size the default rule picks
+ratio against the largest call (64 inputs: the old default) and the call size the default rule picks
 (`audit.inference.resolve_forward_batch`, about 2^18 pixels per call), and the process's peak
 resident memory after the size's runs.
+
+With `--views single,dihedral8` each size is also timed with test-time views (each image is 8
+model inputs in the same call; call sizes up to 64 inputs), and the cost of the views is the
+ms per image at the default rule with views against without.
 
 Not a test: numbers depend on the CPU (its caches above all) and its load.
 """
@@ -42,6 +46,8 @@ def parse_args(argv):
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file()
                         else None, help="ImageNet weights file (default: the shared one)")
+    parser.add_argument("--views", default="single",
+                        help="test-time views to time, comma-separated (single, dihedral8)")
     return parser.parse_args(argv)
 
 
@@ -65,33 +71,46 @@ def main(argv=None) -> int:
     from audit.inference import Predictor, resolve_forward_batch
     from audit.synthetic import generate
     from model.build import build_classifier
+    from model.loaded import ContractOptions, from_keras_model
+    from model.views import view_count
 
     print(f"bench_forward_batch: {machine_line()}")
     print(f"MobileNetV2 alpha {args.alpha}, {args.images} images per pass, best of "
-          f"{args.repeats}; ratio = ms/image against calls of 64\n")
-    rows = []
+          f"{args.repeats}; ratio = ms/image against the largest call timed (64 inputs)\n")
+    rows, at_rule = [], {}
     for input_size in (int(s) for s in args.sizes.split(",")):
         model = build_classifier(5, input_size=input_size, alpha=args.alpha,
                                  weights=args.weights)
         images, _, _ = generate(args.images, size=input_size, seed=1)
-        picked = resolve_forward_batch(0, input_size, 64)
-        calls = sorted({c for c in (*CALL_SIZES, picked) if c <= args.images})
-        # batch_size = forward_batch = 64: calls are exactly the slices given
-        predictor = Predictor(model, batch_size=64, forward_batch=64)
-        best = time_call_sizes(predictor, images, calls, args.repeats)
-        fastest = min(best, key=best.get)
-        base = best.get(64, best[max(calls)])
-        for call in calls:
-            note = " ".join(n for n, hit in (("default rule", call == picked),
-                                             ("fastest", call == fastest)) if hit)
-            rows.append([input_size, call, f"{best[call]:.2f}", f"{best[call] / base:.2f}",
-                         round(call * input_size ** 2 / 2 ** 10), note])
-        print(f"{input_size} px: the default rule picks {picked} "
-              f"({best[picked]:.2f} ms/image), fastest {fastest} "
-              f"({best[fastest]:.2f}), calls of 64 {base:.2f} ms/image; "
-              f"peak RSS so far {peak_rss_mb():.0f} MiB", flush=True)
+        for views in args.views.split(","):
+            n_views = view_count(views)
+            picked = min(resolve_forward_batch(0, input_size, 64, views=views), args.images)
+            calls = sorted({c for c in (*CALL_SIZES, picked)
+                            if c <= args.images and c * n_views <= 64})
+            # batch_size = forward_batch = 64: calls are exactly the slices given
+            loaded = from_keras_model(model, ContractOptions(
+                classes=tuple(f"class_{i}" for i in range(5)), views=views))
+            predictor = Predictor(loaded, batch_size=64, forward_batch=64)
+            best = time_call_sizes(predictor, images, calls, args.repeats)
+            fastest = min(best, key=best.get)
+            base = best[max(calls)]
+            at_rule[input_size, views] = best[picked]
+            for call in calls:
+                note = " ".join(n for n, hit in (("default rule", call == picked),
+                                                 ("fastest", call == fastest)) if hit)
+                rows.append([input_size, views, call, f"{best[call]:.2f}",
+                             f"{best[call] / base:.2f}",
+                             round(call * n_views * input_size ** 2 / 2 ** 10), note])
+            print(f"{input_size} px, views {views}: the default rule picks {picked} "
+                  f"({best[picked]:.2f} ms/image), fastest {fastest} "
+                  f"({best[fastest]:.2f}), calls of {max(calls)} {base:.2f} ms/image; "
+                  f"peak RSS so far {peak_rss_mb():.0f} MiB", flush=True)
+            if views != "single" and (input_size, "single") in at_rule:
+                print(f"  views {views} cost {best[picked] / at_rule[input_size, 'single']:.2f}x "
+                      f"a single view per image, each at its default rule", flush=True)
     print()
-    print_table(["input px", "images/call", "ms/image", "vs 64", "kpixels/call", "note"], rows)
+    print_table(["input px", "views", "images/call", "ms/image", "vs largest", "kpixels/call",
+                 "note"], rows)
     return 0
 
 
