@@ -114,8 +114,9 @@ def resolve_forward_batch(requested: int, input_size: int, batch_size: int, *,
                           views: str = "single") -> int:
     """Images per model call: `requested` if > 0, else the CPU rule above (a GPU takes the
     whole batch); never more than `batch_size`, which bounds the memory of a call. A model
-    with test-time views runs each image once per view in the same call, so the automatic
-    sizes count its inputs (8 per image with dihedral8); an explicit `requested` counts images.
+    with test-time views makes one call per view (`model.views.map_views`), each as large as
+    without views; on a GPU, whose graph may hold every view's activations at once, the
+    whole batch is divided by the number of views.
 
     Outputs differ between call sizes by float rounding (about 1e-6 in a logit), so the size is
     a setting recorded in audit.json, not something timed at run time."""
@@ -125,8 +126,7 @@ def resolve_forward_batch(requested: int, input_size: int, batch_size: int, *,
         return max(1, min(int(requested), int(batch_size)))
     if _has_gpu():
         return max(1, int(batch_size) // view_count(views))
-    pixels = input_size ** 2 * view_count(views)
-    return max(1, min(int(batch_size), round(PIXELS_PER_CALL / pixels)))
+    return max(1, min(int(batch_size), round(PIXELS_PER_CALL / input_size ** 2)))
 
 
 def _has_gpu() -> bool:

@@ -11,9 +11,9 @@ ratio against the largest call (64 inputs: the old default) and the call size th
 (`audit.inference.resolve_forward_batch`, about 2^18 pixels per call), and the process's peak
 resident memory after the size's runs.
 
-With `--views single,dihedral8` each size is also timed with test-time views (each image is 8
-model inputs in the same call; call sizes up to 64 inputs), and the cost of the views is the
-ms per image at the default rule with views against without.
+With `--views single,dihedral8` each size is also timed with test-time views (one model call
+per view, each holding the call's images; up to 64 inputs per call in all), and the cost of
+the views is the ms per image at the default rule with views against without.
 
 Not a test: numbers depend on the CPU (its caches above all) and its load.
 """
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
         for views in args.views.split(","):
             n_views = view_count(views)
             picked = min(resolve_forward_batch(0, input_size, 64, views=views), args.images)
-            calls = sorted({c for c in (*CALL_SIZES, picked)
-                            if c <= args.images and c * n_views <= 64})
+            calls = sorted({c for c in CALL_SIZES if c <= args.images and c * n_views <= 64}
+                           | {picked})
             # batch_size = forward_batch = 64: calls are exactly the slices given
             loaded = from_keras_model(model, ContractOptions(
                 classes=tuple(f"class_{i}" for i in range(5)), views=views))

@@ -35,7 +35,7 @@ from model.contract_sources import (
     resolve_contract,
     sidecar_path,
 )
-from model.views import apply_views, mean_over_views, split_views
+from model.views import apply_views, map_views, mean_over_views, split_views
 
 __all__ = ["ContractOptions", "LoadedModel", "load_model", "from_keras_model", "as_loaded",
            "ModelFile", "read_model_file", "GraphUnavailable", "classes_from_folder"]
@@ -183,15 +183,15 @@ class LoadedModel:
 
         contract = self.contract
 
-        def scaled(x):  # every test-time view of every image, scaled as in training
-            return scale_images(apply_views(x, contract.views), preprocess=contract.preprocess,
+        def scaled(x):
+            return scale_images(x, preprocess=contract.preprocess,
                                 channel_order=contract.channel_order)
 
         if self.keras_model is None:
             layer = self.saved_model
 
             def forward(x):
-                out = layer(scaled(x))
+                out = map_views(lambda view: layer(scaled(view)), x, contract.views)
                 if isinstance(out, dict):
                     out = next(iter(out.values()))
                 logits = ops.cast(_outputs_as_logits(ops.convert_to_tensor(out), contract),
@@ -211,7 +211,7 @@ class LoadedModel:
                   head=dense if pre_activation else None)
 
         def forward(x):
-            (embedding,), out = run(scaled(x))
+            (embedding,), out = map_views(lambda view: run(scaled(view)), x, contract.views)
             embedding = ops.reshape(embedding, (ops.shape(embedding)[0], -1))
             logits = (_pre_activation(embedding, dense) if pre_activation
                       else _outputs_as_logits(out, contract))
