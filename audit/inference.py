@@ -165,20 +165,13 @@ def per_image_outputs(predictor: Predictor, images: np.ndarray, *,
      "prop_<name>" (B,) per image property}; `measure_cell` (B,) bool: where to measure the
     cell size (its mask costs about a forward pass).
     """
-    from audit.parallel import beside
-
-    # The pixel statistics do not need the model: computed while it runs.
-    from_pixels = beside(_pixel_outputs, images, measure_cell)
-    logits, embeddings = predictor.outputs(images)
-    return {"logits": logits, "embeddings": embeddings, **from_pixels.result()}
-
-
-def _pixel_outputs(images: np.ndarray, measure_cell: np.ndarray) -> dict[str, np.ndarray]:
     from audit.imaging import image_properties, image_usability
     from audit.leakage.duplicates import dihedral_hashes
 
+    logits, embeddings = predictor.outputs(images)
     properties = {**image_properties(images, cell_size=measure_cell), **image_usability(images)}
-    return {"phash": dihedral_hashes(images).astype(np.uint64),
+    return {"logits": logits, "embeddings": embeddings,
+            "phash": dihedral_hashes(images).astype(np.uint64),
             **{f"prop_{k}": v for k, v in properties.items()}}
 
 

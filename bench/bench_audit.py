@@ -128,8 +128,8 @@ class Breakdown:
 
     def _record(self, label: str, seconds: float, n_images: int | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
-            # Work made ahead of or beside the model calls (audit.parallel), or a worker's
-            # chunk: it overlaps the main thread's time, so it is not part of its sum.
+            # A worker thread's chunk (audit.parallel.map_chunks): it overlaps the main
+            # thread's time (and the other workers'), so it is not part of its sum.
             label = f"{label} {OFF_MAIN}"
         key = f"{label} [{self.phase}]"
         self.seconds[key] += seconds

@@ -33,7 +33,6 @@ from audit.gap_factors.shapley import (
 )
 from audit.gap_factors.subsets import example_images, subset_predictions
 from audit.options import count, fraction, one_of, subset_of
-from audit.parallel import beside
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
 from audit.stats import bootstrap_indices, interval
@@ -155,21 +154,12 @@ class GapFactorsCheck(Check):
                 "reproduce": (ref, ref_idx, ref_sample, sh_sample)}
         correct = {"undo": view.correct[sh_idx][None], "reproduce": ref.correct[ref_idx][None]}
         fitted, arrays, examples, n_forward = {}, {}, {}, 0
-
-        def fit(direction):
-            _, _, source, target = sets[direction]
-            return fit_factors(source, target, image_names, color_method=opts.color_method,
-                               allow_sharpen=opts.allow_sharpen,
-                               seed=ctx.child_seed(self.seed_name, view.name, direction),
-                               segment_in="target" if direction == "undo" else "source")
-
-        fits = {directions[0]: beside(fit, directions[0])}
-        for i, direction in enumerate(directions):
+        for direction in directions:
             source_view, idx, source, target = sets[direction]
             seed = ctx.child_seed(self.seed_name, view.name, direction)
-            factors = fits.pop(direction).result()
-            if i + 1 < len(directions):  # fitted while this direction's images are predicted
-                fits[directions[i + 1]] = beside(fit, directions[i + 1])
+            factors = fit_factors(source, target, image_names, color_method=opts.color_method,
+                                  allow_sharpen=opts.allow_sharpen, seed=seed,
+                                  segment_in="target" if direction == "undo" else "source")
             fitted[direction] = factors.describe()
             predictions, n = subset_predictions(
                 source_view.dataset.subset(idx), factors, ctx.predictor,

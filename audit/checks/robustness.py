@@ -3,13 +3,13 @@ corruption each shifted set's errors resemble.
 
 A class-stratified subsample of the reference is taken from the run's pixel store (decoded once
 for the whole audit), batch by batch; each batch is
-corrupted at every (corruption, severity) and predicted straight away, so only two batches of
-corrupted images are ever in memory: the next copies are made while the model predicts these. Clean predictions come from the cached reference outputs.
+corrupted at every (corruption, severity) and predicted straight away, so only one batch of
+corrupted images is ever in memory. Clean predictions come from the cached reference outputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from audit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from audit.data import Dataset
 from audit.inference import softmax
 from audit.options import count, fraction, one_of, subset_of
-from audit.parallel import ahead, map_chunks
+from audit.parallel import map_chunks
 from audit.pixels import PixelStore
 from audit.results import CheckResult, Finding, Status
 from audit.sampling import stratified_subsample
@@ -42,32 +42,25 @@ def corrupted_probs(dataset: Dataset, predictor, corruptions: Sequence[str],
     n_forward = 0
     combos = [(k, s, name, int(severity)) for k, name in enumerate(corruptions)
               for s, severity in enumerate(severities)]
-    for part, indices, batch in ahead(_corrupted_copies(dataset, combos, pixels=pixels,
-                                                        batch_size=batch_size, seed=seed)):
-        logits = predictor.outputs(batch)[0]
-        n_forward += len(logits)
-        if probs is None:
-            probs = np.empty((len(corruptions), len(severities), len(dataset),
-                              logits.shape[1]), np.float32)
-        for j, (k, s, _, _) in enumerate(part):
-            probs[k, s, indices] = softmax(logits[j * len(indices):(j + 1) * len(indices)])
-    return probs, n_forward
-
-
-def _corrupted_copies(dataset: Dataset, combos: list, *, pixels: PixelStore, batch_size: int,
-                      seed: int) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
-    """(combos, indices, images) per model call: a batch's corrupted copies for two
-    (corruption, severity) combos at a time, corrupted on worker threads (a corruption alone
-    would not keep every core busy). A fixed group (not one per core) keeps model batches,
-    hence outputs, the same on every machine."""
+    # Corrupt two (corruption, severity) copies at once on worker threads, then predict both in
+    # one call: the model keeps every core busy, a corruption alone would not. A fixed group
+    # (not one per core) keeps model batches, hence outputs, the same on every machine.
+    group = _COPIES_PER_CALL
     for images, indices in pixels.batches(dataset, batch_size=batch_size):
         batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
-        for first in range(0, len(combos), _COPIES_PER_CALL):
-            part = combos[first:first + _COPIES_PER_CALL]
+        for first in range(0, len(combos), group):
+            part = combos[first:first + group]
             corrupted = map_chunks(
                 lambda c, x=images, seed=batch_seed: corrupt(x, c[0][2], c[0][3], seed=seed),
                 part, chunk=1)
-            yield part, indices, np.concatenate(corrupted)
+            logits = predictor.outputs(np.concatenate(corrupted))[0]
+            n_forward += len(logits)
+            if probs is None:
+                probs = np.empty((len(corruptions), len(severities), len(dataset),
+                                  logits.shape[1]), np.float32)
+            for j, (k, s, _, _) in enumerate(part):
+                probs[k, s, indices] = softmax(logits[j * len(images):(j + 1) * len(images)])
+    return probs, n_forward
 
 
 def row_confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:

@@ -3,14 +3,11 @@ subsample (from the run's pixel store) and predicted, depth first; and the examp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from audit import seeds
 from audit.data import Dataset
 from audit.gap_factors.transforms import FactorSet, step
-from audit.parallel import ahead
 from audit.pixels import PixelStore, shrink
 from audit.progress import progress
 
@@ -24,40 +21,15 @@ def subset_predictions(dataset: Dataset, factors: FactorSet, predictor, *, pixel
     """(predicted class (2^k, N) int16 for every subset of the k factors, images predicted).
 
     Depth first over factors in order: each node applies one factor to its parent's batch, so a
-    batch goes through 2^k - 1 transforms, not k 2^(k-1); the transforms for the next model
-    call are made while the model predicts this one (`parallel.ahead`). Subsets differing only
-    by identity factors share predictions; `base_predictions` (the cached outputs) stand for
-    subset 0.
+    batch goes through 2^k - 1 transforms, not k 2^(k-1). Subsets differing only by identity
+    factors share predictions; `base_predictions` (the cached outputs) stand for subset 0.
     """
     k = len(factors.factors)
     out = np.zeros((1 << k, len(dataset)), np.int16)
     n_forward = 0
     n_batches = -(-len(dataset) // batch_size)
-    leaves = _transformed(dataset, factors, pixels=pixels, batch_size=batch_size, seed=seed,
-                          skip_base=base_predictions is not None)
-    n_calls = 2 ** sum(not f.identity for f in factors.factors) - (base_predictions is not None)
-    if base_predictions is not None:
-        out[0] = base_predictions
-    for subset, indices, batch in progress(ahead(leaves), desc=desc, total=n_batches * n_calls,
-                                           unit="call"):
-        out[subset, indices] = predictor.outputs(batch)[0].argmax(axis=1)
-        n_forward += len(batch)
-    for subset in range(1 << k):  # identity factors: copy from the subset without them
-        for j, factor in enumerate(factors.factors):
-            if factor.identity and subset >> j & 1:
-                out[subset] = out[subset & ~(1 << j)]
-                break
-    return out, n_forward
-
-
-def _transformed(dataset: Dataset, factors: FactorSet, *, pixels: PixelStore, batch_size: int,
-                 seed: int, skip_base: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(subset, indices, transformed images) for every batch and every subset of the
-    non-identity factors (subset 0 too unless `skip_base`), depth first: each node applies one
-    factor to its parent's batch. Only the pixel store and the factors are touched here, so
-    it runs on `ahead`'s thread while the model predicts."""
-    k = len(factors.factors)
-    for images, indices in pixels.batches(dataset, batch_size=batch_size):
+    batches = pixels.batches(dataset, batch_size=batch_size)
+    for images, indices in progress(batches, desc=desc, total=n_batches, unit="batch"):
         batch_seed = seeds.child_seed(seed, "batch", int(indices[0]))
         masks = None
         if factors.needs_masks and factors.segment_color is None:  # segmented as they are: the
@@ -68,14 +40,23 @@ def _transformed(dataset: Dataset, factors: FactorSet, *, pixels: PixelStore, ba
         while stack:
             j, subset, batch, batch_masks = stack.pop()
             if j == k:
-                if subset or not skip_base:
-                    yield subset, indices, batch
+                if subset == 0 and base_predictions is not None:
+                    out[0, indices] = base_predictions[indices]
+                else:
+                    out[subset, indices] = predictor.outputs(batch)[0].argmax(axis=1)
+                    n_forward += len(batch)
                 continue
             stack.append((j + 1, subset, batch, batch_masks))
             factor = factors.factors[j]
             if not factor.identity:
                 stack.append((j + 1, subset | 1 << j,
                               *step(factor, batch, batch_masks, seed=batch_seed)))
+    for subset in range(1 << k):  # identity factors: copy from the subset without them
+        for j, factor in enumerate(factors.factors):
+            if factor.identity and subset >> j & 1:
+                out[subset] = out[subset & ~(1 << j)]
+                break
+    return out, n_forward
 
 
 def example_images(images: np.ndarray, factors: FactorSet, *, seed: int,
