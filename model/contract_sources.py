@@ -1,6 +1,7 @@
 """Where a model's input contract comes from, and one contract from all of it.
 
-Highest priority first: what the user declared (options), a sidecar file `<model>.json`
+Highest priority first: what the user declared (options: `ContractOptions`, the classes
+possibly read from a class-per-folder dataset), a sidecar file `<model>.json`
 beside the model, CellAudit metadata inside a .keras file, then what the model itself shows
 (its input shape, a scaling layer at its start). `resolve_contract` merges them, records
 each field's source, and refuses an incomplete contract naming the option to add.
@@ -10,17 +11,58 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from audit.errors import InputError, UsageError
 from model.contract import CONTRACT_KEYS, InputContract
 
-__all__ = ["CELLAUDIT_IMPLIED", "sidecar_path", "read_json_object", "embedded_metadata",
-           "resolve_contract"]
+__all__ = ["CELLAUDIT_IMPLIED", "ContractOptions", "classes_from_folder", "sidecar_path",
+           "read_json_object", "embedded_metadata", "resolve_contract"]
 
 # What CellAudit's own models (metadata format cellaudit-model/1, before contracts were
 # recorded) always did: raw 0-255 RGB, centre crop, scaling inside the model.
 CELLAUDIT_IMPLIED = {"preprocess": "none", "resize": "crop", "channel_order": "RGB"}
+
+
+@dataclass(frozen=True)
+class ContractOptions:
+    """What a user declared on the command line or in the Python API (None: not declared)."""
+
+    classes: tuple[str, ...] | None = None
+    classes_from: str | None = None
+    input_size: int | None = None
+    preprocess: str | None = None
+    resize: str | None = None
+    channel_order: str | None = None
+    views: str | None = None
+
+    def declared(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: v for k, v in out.items() if v is not None}
+        if "classes_from" in out:
+            if "classes" in out:
+                raise UsageError("--classes and --classes-from: give one of them, not both")
+            out["class_names"] = classes_from_folder(out.pop("classes_from"))
+        if "classes" in out:
+            out["class_names"] = tuple(out.pop("classes"))
+        if "channel_order" in out:
+            out["channel_order"] = str(out["channel_order"]).upper()
+        return out
+
+
+def classes_from_folder(folder: str | os.PathLike) -> tuple[str, ...]:
+    """Sorted sub-folder names: the class order of `image_dataset_from_directory` and
+    `flow_from_directory` (alphanumeric order, hidden folders ignored)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"--classes-from '{folder}' is not a folder; expected a class-per-folder "
+                         "dataset whose sub-folder names are the classes")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(names) < 2:
+        raise UsageError(f"--classes-from '{folder}' has {len(names)} class sub-folder(s); "
+                         "expected one sub-folder per class")
+    return tuple(names)
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

@@ -22,14 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from audit.errors import InputError, UsageError
 from model.contract import InputContract, scale_images
-from model.contract_sources import (
+from model.contract_sources import (  # the declarations' types, re-exported for callers
+    ContractOptions,
+    classes_from_folder,
     embedded_metadata,
     read_json_object,
     resolve_contract,
@@ -43,46 +45,6 @@ __all__ = ["ContractOptions", "LoadedModel", "load_model", "from_keras_model", "
 
 class GraphUnavailable(Exception):
     """The model has no Keras layer graph (a SavedModel): the message says what is not possible."""
-
-
-@dataclass(frozen=True)
-class ContractOptions:
-    """What a user declared on the command line or in the Python API (None: not declared)."""
-
-    classes: tuple[str, ...] | None = None
-    classes_from: str | None = None
-    input_size: int | None = None
-    preprocess: str | None = None
-    resize: str | None = None
-    channel_order: str | None = None
-    views: str | None = None
-
-    def declared(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out = {k: v for k, v in out.items() if v is not None}
-        if "classes_from" in out:
-            if "classes" in out:
-                raise UsageError("--classes and --classes-from: give one of them, not both")
-            out["class_names"] = classes_from_folder(out.pop("classes_from"))
-        if "classes" in out:
-            out["class_names"] = tuple(out.pop("classes"))
-        if "channel_order" in out:
-            out["channel_order"] = str(out["channel_order"]).upper()
-        return out
-
-
-def classes_from_folder(folder: str | os.PathLike) -> tuple[str, ...]:
-    """Sorted sub-folder names: the class order of `image_dataset_from_directory` and
-    `flow_from_directory` (alphanumeric order, hidden folders ignored)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise UsageError(f"--classes-from '{folder}' is not a folder; expected a class-per-folder "
-                         "dataset whose sub-folder names are the classes")
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(names) < 2:
-        raise UsageError(f"--classes-from '{folder}' has {len(names)} class sub-folder(s); "
-                         "expected one sub-folder per class")
-    return tuple(names)
 
 
 @dataclass
