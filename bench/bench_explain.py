@@ -82,6 +82,10 @@ def main(argv=None) -> int:
                         help="MobileNetV2 no-top weights file, or 'none'")
     parser.add_argument("--gradient-explainer", action="store_true",
                         help="also time shap.GradientExplainer (slow) for comparison")
+    parser.add_argument("--views", default="single", choices=("single", "dihedral8"),
+                        help="the model's test-time views (the bare forward uses them too)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated methods to time (default: [explain] methods)")
     args = parser.parse_args(argv)
 
     from audit.explain.base import make_explainer
@@ -89,16 +93,20 @@ def main(argv=None) -> int:
     from audit.inference import Predictor
     from audit.synthetic import generate
     from model.build import build_classifier
+    from model.loaded import ContractOptions, from_keras_model
 
     weights = None if args.weights == "none" or not Path(args.weights).is_file() else args.weights
-    model = build_classifier(5, input_size=args.size, weights=weights)
+    model = from_keras_model(
+        build_classifier(5, input_size=args.size, weights=weights),
+        ContractOptions(classes=tuple(f"class_{i}" for i in range(5)), views=args.views))
     images, _, _ = generate(args.images, size=args.size, seed=0)
     cfg = dict(EXPLAIN_DEFAULTS)
     big = int(cfg["batch_size"])
     predictor = Predictor(model, batch_size=big)
     targets = predictor.probs(images).argmax(axis=1)
     print(f"model: MobileNetV2 alpha 1.0, {args.size} px, weights "
-          f"{'ImageNet (local file)' if weights else 'random'}; {args.images} images; "
+          f"{'ImageNet (local file)' if weights else 'random'}, views {args.views}; "
+          f"{args.images} images; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
 
     # Bare forward cost per image at the batch sizes the methods use, re-measured right before
@@ -108,7 +116,7 @@ def main(argv=None) -> int:
     big_batch = np.concatenate([images] * max(1, -(-big // len(images))))[:big]
 
     rows = []
-    for name in cfg["methods"]:
+    for name in (args.methods.split(",") if args.methods else cfg["methods"]):
         timed = TimedPredictor(Predictor(model, batch_size=big))
         explainer = make_explainer(name, model, cfg, seed=0, predictor=timed)
         t0 = time.perf_counter()
@@ -149,7 +157,7 @@ def main(argv=None) -> int:
           f"(~{2 * (steps + 1) * bare_forward_seconds(predictor, big_batch):.2f} s at the "
           "bare cost)")
     if args.gradient_explainer:
-        _gradient_explainer(model, images[:2], targets[:2])
+        _gradient_explainer(model.keras_model, images[:2], targets[:2])
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
     return 0
 

@@ -103,6 +103,30 @@ def test_gradcam_turns_each_view_back_before_averaging():
     assert maps[1, 16:, 16:].sum() / maps[1].sum() > 0.9
 
 
+def test_gradcam_with_views_is_the_mean_of_each_views_own_map_turned_back():
+    """Each view's map from its own model call and its own logit, as a single-view Grad-CAM
+    would give for that view, turned back and averaged."""
+    import tensorflow as tf
+    from test_explain_gradcam import quadrant_images, quadrant_model
+
+    from audit.explain.gradcam import GradCAM
+
+    model = quadrant_model()
+    images = quadrant_images(np.random.default_rng(1)).astype(np.float32)
+    targets = tf.constant([1, 0], tf.int32)
+
+    def cams(views, x):
+        contract = ContractOptions(classes=("dark", "bright"), preprocess="none", views=views)
+        explainer = GradCAM(from_keras_model(model, contract), batch_size=8)
+        return explainer._cam(tf.constant(x), targets).numpy()
+
+    got = cams("dihedral8", images)
+    each = [cams("single", np.ascontiguousarray(numpy_view(images, *t))) for t in DIHEDRAL8]
+    expected = np.asarray(merge_views(np.concatenate(each)[..., None], "dihedral8"))[..., 0]
+    assert got.shape == images.shape[:3] and got.max() > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6 * got.max())
+
+
 def test_train_records_the_views_and_the_audit_applies_them(synthetic_sites, tmp_path, capsys):
     import json
 
