@@ -29,6 +29,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from model.views import VIEWS  # noqa: E402 - no TensorFlow import
+
 DEFAULT_WEIGHTS = Path(os.environ.get("CELLAUDIT_WEIGHTS", REPO.parent / "shared" / "weights"
                                       / "mobilenet_v2_1.0_no_top.weights.h5"))
 
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
                         help="MobileNetV2 no-top weights file, or 'none'")
     parser.add_argument("--gradient-explainer", action="store_true",
                         help="also time shap.GradientExplainer (slow) for comparison")
-    parser.add_argument("--views", default="single", choices=("single", "dihedral8"),
+    parser.add_argument("--views", default="single", choices=VIEWS,
                         help="the model's test-time views (the bare forward uses them too)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated methods to time (default: [explain] methods)")

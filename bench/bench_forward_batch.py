@@ -34,6 +34,7 @@ from bench.common import (  # noqa: E402
     print_table,
     quiet_tensorflow,
 )
+from model.views import VIEWS  # noqa: E402 - no TensorFlow import
 
 CALL_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
 
@@ -47,8 +48,13 @@ def parse_args(argv):
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file()
                         else None, help="ImageNet weights file (default: the shared one)")
     parser.add_argument("--views", default="single",
-                        help="test-time views to time, comma-separated (single, dihedral8)")
-    return parser.parse_args(argv)
+                        help=f"test-time views to time, comma-separated ({', '.join(VIEWS)})")
+    args = parser.parse_args(argv)
+    unknown = set(args.views.split(",")) - set(VIEWS)
+    if unknown:
+        parser.error(f"--views: unknown {', '.join(sorted(unknown))}; expected "
+                     f"{', '.join(VIEWS)}")
+    return args
 
 
 def time_call_sizes(predictor, images, call_sizes, repeats: int) -> dict[int, float]:

@@ -145,7 +145,7 @@ class LoadedModel:
 
         contract = self.contract
 
-        def scaled(x):
+        def scaled(x):  # once per image: scaling is per pixel, so it commutes with the views
             return scale_images(x, preprocess=contract.preprocess,
                                 channel_order=contract.channel_order)
 
@@ -153,7 +153,7 @@ class LoadedModel:
             layer = self.saved_model
 
             def forward(x):
-                out = map_views(lambda view: layer(scaled(view)), x, contract.views)
+                out = map_views(layer, scaled(x), contract.views)
                 if isinstance(out, dict):
                     out = next(iter(out.values()))
                 logits = ops.cast(_outputs_as_logits(ops.convert_to_tensor(out), contract),
@@ -173,7 +173,7 @@ class LoadedModel:
                   head=dense if pre_activation else None)
 
         def forward(x):
-            (embedding,), out = map_views(lambda view: run(scaled(view)), x, contract.views)
+            (embedding,), out = map_views(run, scaled(x), contract.views)
             embedding = ops.reshape(embedding, (ops.shape(embedding)[0], -1))
             logits = (_pre_activation(embedding, dense) if pre_activation
                       else _outputs_as_logits(out, contract))
@@ -201,9 +201,9 @@ class LoadedModel:
         contract = self.contract
 
         def forward(x):
-            (feature,), final = run(scale_images(apply_views(x, contract.views),
-                                                 preprocess=contract.preprocess,
-                                                 channel_order=contract.channel_order))
+            (feature,), final = run(apply_views(scale_images(
+                x, preprocess=contract.preprocess, channel_order=contract.channel_order),
+                contract.views))
             if dense is not None:
                 logits = _pre_activation(ops.reshape(final, (ops.shape(final)[0], -1)), dense)
             else:

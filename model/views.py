@@ -59,12 +59,7 @@ def _undo(x, transpose: bool, flip_rows: bool, flip_cols: bool):
 
 def apply_views(images, views: str):
     """(N, H, W, C) square images -> (V * N, H, W, C), view-major; unchanged for `single`."""
-    from keras import ops
-
-    transforms = _TRANSFORMS[views]
-    if len(transforms) == 1:
-        return images
-    return ops.concatenate([_transform(images, *t) for t in transforms], axis=0)
+    return map_views(lambda view: view, images, views)
 
 
 def map_views(fn, images, views: str):
